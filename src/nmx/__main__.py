@@ -1,0 +1,3 @@
+from nmx.cli import main
+
+main()

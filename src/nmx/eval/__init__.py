@@ -1,0 +1,1 @@
+"""Evaluation: numerical error metrics and test tensors (perplexity comes with the model loop)."""

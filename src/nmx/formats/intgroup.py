@@ -1,0 +1,99 @@
+"""Integer group quantization as GPTQ and AWQ store it: N-bit codes, one fp16 scale per group.
+
+Symmetric (`int4_g128`):   scale = fp16(amax / (2^(N-1) - 1)); code = clamp(round(x / scale), ±(2^(N-1) - 1))
+Asymmetric (`int4_g128_asym`): lo = min(x, 0), hi = max(x, 0) (zero stays exact);
+                           scale = fp16((hi - lo) / (2^N - 1)); zero = clamp(round(-lo / scale), 0, 2^N - 1);
+                           code = clamp(round(x / scale) + zero, 0, 2^N - 1); value = (code - zero) * scale
+Without `_gN` (`int8`, `int4`) there is one scale per vector along `dim`: per output
+channel for a weight, per token for an activation.
+
+Conventions: the scale is rounded to fp16 first and the codes are computed with the
+rounded scale (so decode reproduces quantize); scales beyond fp16's range saturate
+at 65504; a zero scale stores zero codes; a group holding NaN or Inf gets a NaN
+scale and decodes to NaN (integers have no NaN code). Zero points are stored as
+N-bit unsigned integers, packed like the codes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nmx.formats.base import Format
+from nmx.formats.elements import IntElement
+from nmx.formats.packing import pack_bits, packed_nbytes, unpack_bits
+from nmx.formats.rounding import Rounding, round_int
+
+FP16_MAX = 65504.0
+
+
+def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
+    return raw.clamp(max=FP16_MAX).to(torch.float16).to(torch.float32)
+
+
+class IntGroupFormat(Format):
+    family = "int"
+    scale_description = "fp16"
+
+    def __init__(
+        self,
+        name: str,
+        bits: int,
+        group_size: int | None,
+        symmetric: bool = True,
+        rounding: Rounding = Rounding.NEAREST,
+    ):
+        self.name = name
+        self._element = IntElement(f"int{bits}" if symmetric else f"uint{bits}", bits, signed=symmetric)
+        self.block_size = group_size
+        self.symmetric = symmetric
+        self.rounding = rounding
+        self.code_bits = bits
+        if not symmetric:
+            self.scale_description = "fp16+zero"
+
+    @property
+    def element(self):
+        return self._element
+
+    @property
+    def overhead_bits_per_block(self) -> float:
+        return 16.0 + (0 if self.symmetric else self.code_bits)
+
+    def _overhead_bytes(self, nblocks: int) -> int:
+        return 2 * nblocks + (0 if self.symmetric else packed_nbytes(nblocks, self.code_bits))
+
+    def _split(self, blocks, generator):
+        el = self._element
+        finite = torch.isfinite(blocks).all(dim=-1, keepdim=True)
+        if self.symmetric:
+            scale = _fp16_scale(blocks.abs().amax(dim=-1, keepdim=True) / el.qmax)
+            codes = el.round_codes(blocks / scale, self.rounding, generator)
+            zero = None
+        else:
+            lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
+            hi = blocks.amax(dim=-1, keepdim=True).clamp(min=0.0)
+            scale = _fp16_scale((hi - lo) / el.qmax)
+            zero = torch.round(-lo / scale).clamp(0, el.qmax)
+            zero = torch.where((scale > 0) & finite, zero, 0.0)
+            codes = (round_int(blocks / scale, self.rounding, generator) + zero).clamp(0, el.qmax)
+        codes = torch.where((scale > 0) & finite, codes, 0.0)
+        scale = torch.where(finite, scale, torch.nan)
+        return codes, (scale, zero)
+
+    def _join(self, codes, scales):
+        scale, zero = scales
+        return (codes if zero is None else codes - zero) * scale
+
+    def _scale_buffers(self, scales):
+        scale, zero = scales
+        buffers = {"scales": scale.reshape(-1).to(torch.float16).view(torch.uint8).clone()}
+        if zero is not None:
+            buffers["zeros"] = pack_bits(zero.to(torch.int32), self.code_bits)
+        return buffers
+
+    def _scales_from_buffers(self, buffers, nblocks):
+        scale = buffers["scales"].clone().view(torch.float16).to(torch.float32).reshape(nblocks, 1)
+        zero = None
+        if not self.symmetric:
+            zero = unpack_bits(buffers["zeros"], self.code_bits, nblocks).to(torch.float32).reshape(nblocks, 1)
+        return scale, zero

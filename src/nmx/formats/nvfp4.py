@@ -1,0 +1,76 @@
+"""NVFP4: FP4 (E2M1) elements, blocks of 16, a two-level scale.
+
+  s       = amax(|x| over the tensor's finite values) / (448 * 6)    one float32 per tensor
+  scale_b = round_ue4m3(amax_b / (s * 6)), saturating at 448          one UE4M3 byte per block
+  d_b     = scale_b * s                                               (float32 product)
+  elem_i  = round_e2m1(x_i / d_b), saturating at 6
+  value_i = elem_i * d_b
+
+Conventions the recipe leaves open, chosen here: a tensor with no non-zero finite
+value uses s = 1; a block whose scale rounds to zero stores zero elements; a block
+holding NaN or Inf gets the UE4M3 NaN scale (0x7F) and decodes to NaN, while the
+tensor scale ignores it so one bad value does not poison the tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nmx.formats.base import Format
+from nmx.formats.elements import FP4_E2M1, UE4M3
+from nmx.formats.rounding import Rounding
+
+E4M3_MAX = 448.0
+UE4M3_NAN = 0x7F
+
+
+def tensor_scale(blocks: torch.Tensor) -> torch.Tensor:
+    a = blocks.abs()
+    amax = torch.where(torch.isfinite(a), a, 0.0).max()
+    s = amax / (E4M3_MAX * FP4_E2M1.max)
+    return torch.where(s > 0, s, 1.0).to(torch.float32)
+
+
+class NVFP4Format(Format):
+    family = "nvfp4"
+    scale_description = "ue4m3+fp32"
+    code_bits = 4
+    overhead_bits_per_block = 8.0
+
+    def __init__(self, name: str = "nvfp4", block_size: int = 16, rounding: Rounding = Rounding.NEAREST):
+        self.name = name
+        self.block_size = block_size
+        self.rounding = rounding
+
+    @property
+    def element(self):
+        return FP4_E2M1
+
+    def _overhead_bytes(self, nblocks: int) -> int:
+        return nblocks + 4
+
+    def _split(self, blocks, generator):
+        s = tensor_scale(blocks)
+        amax = blocks.abs().amax(dim=-1, keepdim=True)
+        scale_b = UE4M3.round(amax / (s * FP4_E2M1.max))  # saturates at 448; NaN stays NaN
+        d = scale_b * s
+        elements = FP4_E2M1.round(blocks / d, self.rounding, saturate=True, generator=generator)
+        elements = torch.where((d > 0) & torch.isfinite(amax), elements, 0.0)
+        scale_b = torch.where(torch.isfinite(amax), scale_b, torch.nan)
+        return elements, (scale_b, s)
+
+    def _join(self, elements, scales):
+        scale_b, s = scales
+        return elements * (scale_b * s)
+
+    def _scale_buffers(self, scales):
+        scale_b, s = scales
+        return {
+            "scales": UE4M3.encode(scale_b.reshape(-1)).to(torch.uint8),
+            "tensor_scale": s.reshape(1).view(torch.uint8).clone(),
+        }
+
+    def _scales_from_buffers(self, buffers, nblocks):
+        scale_b = UE4M3.decode(buffers["scales"].to(torch.int32)).reshape(nblocks, 1)
+        s = buffers["tensor_scale"].clone().view(torch.float32).reshape(())
+        return scale_b, s

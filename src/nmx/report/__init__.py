@@ -1,0 +1,1 @@
+"""Tables and reports for people; the CLI prints them."""
