@@ -56,6 +56,8 @@ class FloatElement:
     bias: int
     specials: str = FINITE
     signed: bool = True
+    #: bits it occupies when stored on its own (UE4M3 lives in a byte whose sign bit is 0)
+    container_bits: int | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= self.ebits <= 8 and 0 <= self.mbits <= 10):
@@ -307,7 +309,7 @@ FP6_E2M3 = FloatElement("fp6_e2m3", 2, 3, 1)
 FP6_E3M2 = FloatElement("fp6_e3m2", 3, 2, 3)
 FP4_E2M1 = FloatElement("fp4_e2m1", 2, 1, 1)
 E8M0_SCALE = FloatElement("e8m0", 8, 0, 127, E8M0, signed=False)
-UE4M3 = FloatElement("ue4m3", 4, 3, 7, FN, signed=False)
+UE4M3 = FloatElement("ue4m3", 4, 3, 7, FN, signed=False, container_bits=8)
 MXINT8 = IntElement("mxint8", 8, frac_bits=6)
 
 NAMED_FLOATS = {e.name: e for e in (FP8_E4M3, FP8_E5M2, FP6_E2M3, FP6_E3M2, FP4_E2M1, E8M0_SCALE, UE4M3)}

@@ -51,7 +51,7 @@ class ElementFormat(Format):
     def __init__(self, element: FloatElement | TorchFloat, rounding: Rounding = Rounding.NEAREST, name: str = ""):
         self._element = element
         self.rounding = rounding
-        self.code_bits = element.bits
+        self.code_bits = getattr(element, "container_bits", None) or element.bits
         self.name = name or element.name
         if not getattr(element, "signed", True):
             self.family = "scale"  # E8M0 / UE4M3: unsigned scale formats, NaN for negatives
