@@ -19,7 +19,8 @@ torchao lives in its own venv (never in /work/venv). Run from the repo root:
     /work/venv-bench/bin/pip install torch==2.13.0 numpy torchao typer rich safetensors
     PYTHONPATH=src /work/venv-bench/bin/python benchmarks/formats_bench.py [--repeats 5]
 
-Without torchao (or where its CPU path fails) it says why and benchmarks nmx alone.
+Without torchao (or where its CPU path fails) it says why and benchmarks nmx alone. torchao's
+import logs "Failed to load .../_C_mxfp8...so" on stderr: those are its CUDA kernels, unused here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -60,8 +61,9 @@ def machine_info() -> dict:
     }
 
 
-def nmx_impls() -> dict[str, Impl]:
-    return {name: (lambda x, fmt=F.get(name): fmt.quantize(x, dim=-1)) for name in FORMATS}
+def nmx_impl(name: str) -> Impl:
+    fmt = F.get(name)
+    return lambda x: fmt.quantize(x, dim=-1)
 
 
 def torchao_impls() -> tuple[dict[str, Impl], dict[str, str], str | None]:
@@ -89,8 +91,12 @@ def torchao_impls() -> tuple[dict[str, Impl], dict[str, str], str | None]:
         )
         return _fake_quantize_affine(x, group, scale.float(), zero, torch.int8, -7, 7)
 
-    candidates = {"mxfp4": mx(torch.float4_e2m1fn_x2), "mxfp8_e4m3": mx(torch.float8_e4m3fn),
-                  "nvfp4": nvfp4, "int4_g128": int4_g128}  # fmt: skip
+    candidates = {
+        "mxfp4": mx(torch.float4_e2m1fn_x2),
+        "mxfp8_e4m3": mx(torch.float8_e4m3fn),
+        "nvfp4": nvfp4,
+        "int4_g128": int4_g128,
+    }
     ok, errors = {}, {}
     probe = torch.randn(16, 256, generator=torch.Generator().manual_seed(1))
     for name, fn in candidates.items():
@@ -121,8 +127,15 @@ def compare(x: torch.Tensor, ours: torch.Tensor, ref: torch.Tensor) -> dict:
     bits_differ = ours.view(torch.int32) != ref.view(torch.int32)
     value_differ = (ours != ref) & ~(torch.isnan(ours) & torch.isnan(ref))
     idx = value_differ.nonzero()[:N_EXAMPLES]
-    examples = [{"index": tuple(i.tolist()), "x": x[tuple(i)].item(), "nmx": ours[tuple(i)].item(),
-                 "torchao": ref[tuple(i)].item()} for i in idx]  # fmt: skip
+    examples = [
+        {
+            "index": tuple(i.tolist()),
+            "x": x[tuple(i)].item(),
+            "nmx": ours[tuple(i)].item(),
+            "torchao": ref[tuple(i)].item(),
+        }
+        for i in idx
+    ]
     return {
         "bit_identical": not bool(bits_differ.any()),
         "bits_differ": int(bits_differ.sum()),
@@ -147,13 +160,17 @@ def summarize(times: dict[str, list[float]], diffs: dict[str, dict], n: int) -> 
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| format | nmx s | nmx Melem/s | torchao s | torchao Melem/s | nmx/torchao "
-            "| bit-identical | elems differ | max abs diff |")  # fmt: skip
+    head = (
+        "| format | nmx s | nmx Melem/s | torchao s | torchao Melem/s | nmx/torchao "
+        "| bit-identical | elems differ | max abs diff |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         if "torchao_s" in r:
-            ref = (f"{r['torchao_s']:.4f} | {r['torchao_elem_per_s'] / 1e6:.1f} | {r['nmx_over_torchao']:.2f}x "
-                   f"| {'yes' if r['bit_identical'] else 'no'} | {r['values_differ']} | {r['max_abs_diff']:.3g}")  # fmt: skip
+            ref = (
+                f"{r['torchao_s']:.4f} | {r['torchao_elem_per_s'] / 1e6:.1f} | {r['nmx_over_torchao']:.2f}x "
+                f"| {'yes' if r['bit_identical'] else 'no'} | {r['values_differ']} | {r['max_abs_diff']:.3g}"
+            )
         else:
             ref = "n/a | n/a | n/a | n/a | n/a | n/a"
         lines.append(f"| {r['format']} | {r['nmx_s']:.4f} | {r['nmx_elem_per_s'] / 1e6:.1f} | {ref} |")
@@ -171,18 +188,22 @@ def main() -> None:
     n = x.numel()
 
     impls = {}
-    for name, fn in nmx_impls().items():
-        impls[("nmx", name)] = fn
+    for name in FORMATS:
+        impls[("nmx", name)] = nmx_impl(name)
         if name in ao:
             impls[("torchao", name)] = ao[name]
     times = time_interleaved(impls, x, args.repeats)
     diffs = {name: compare(x, impls[("nmx", name)](x), ao[name](x)) for name in ao}
     rows = summarize(times, diffs, n)
 
-    print(f"# nmx fake-quant throughput, CPU, {SHAPE[0]}x{SHAPE[1]} float32 randn (seed {SEED}), "
-          f"median of {args.repeats} interleaved repeats after 1 warm-up")  # fmt: skip
-    print(f"machine: {env['cpu']}, nproc={env['nproc']}, torch.get_num_threads()={env['torch_threads']}; "
-          f"python {env['python']}, torch {env['torch']}, torchao {env['torchao'] or 'NOT AVAILABLE'}")  # fmt: skip
+    print(
+        f"# nmx fake-quant throughput, CPU, {SHAPE[0]}x{SHAPE[1]} float32 randn (seed {SEED}), "
+        f"median of {args.repeats} interleaved repeats after 1 warm-up"
+    )
+    print(
+        f"machine: {env['cpu']}, nproc={env['nproc']}, torch.get_num_threads()={env['torch_threads']}; "
+        f"python {env['python']}, torch {env['torch']}, torchao {env['torchao'] or 'NOT AVAILABLE'}"
+    )
     if ao_errors:
         print("\ntorchao reference NOT benchmarked for: " + ", ".join(ao_errors) + " (nmx measured alone there)")
         for name, err in ao_errors.items():
@@ -191,14 +212,27 @@ def main() -> None:
     print(markdown(rows))
     for name, d in diffs.items():
         if not d["bit_identical"]:
-            print(f"\n{name}: nmx and torchao differ in {d['bits_differ']} element(s) bitwise, "
-                  f"{d['values_differ']} by value (max abs diff {d['max_abs_diff']:.6g}); examples:")  # fmt: skip
+            print(
+                f"\n{name}: nmx and torchao differ in {d['bits_differ']} element(s) bitwise, "
+                f"{d['values_differ']} by value (max abs diff {d['max_abs_diff']:.6g}); examples:"
+            )
             for e in d["examples"]:
                 print(f"  x{list(e['index'])} = {e['x']!r}: nmx {e['nmx']!r}, torchao {e['torchao']!r}")
     print()
-    print(json.dumps({"bench": "formats_fake_quant", "shape": list(SHAPE), "seed": SEED, "repeats": args.repeats,
-                      "env": env, "torchao_errors": ao_errors, "results": rows,
-                      "mismatch_examples": {k: v["examples"] for k, v in diffs.items()}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "formats_fake_quant",
+                "shape": list(SHAPE),
+                "seed": SEED,
+                "repeats": args.repeats,
+                "env": env,
+                "torchao_errors": ao_errors,
+                "results": rows,
+                "mismatch_examples": {k: v["examples"] for k, v in diffs.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,6 @@ def load_tensor(spec: str) -> torch.Tensor:
             t = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot read {path} as safetensors: {err}") from err
-    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if t.is_complex() or t.dtype == torch.bool:
         raise InputError(f"tensor {name!r} has dtype {t.dtype}; formats need real numbers")
     return t.float()

@@ -49,7 +49,9 @@ MAX_BLOCK = 1 << 16
 
 _ELEMENT = re.compile(r"fp(\d+)_e(\d+)m(\d+)")
 _INT = re.compile(r"int(\d+)(?:_g(\d+))?(_asym|_sym)?")
-_MX = re.compile(r"mx(fp8_e4m3|fp8_e5m2|fp6_e2m3|fp6_e3m2|fp4|int8|fp\d+_e\d+m\d+)(?:_g(\d+))?(?:_(" + "|".join(SCALE_RULES) + r"))?")
+_MX = re.compile(
+    r"mx(fp8_e4m3|fp8_e5m2|fp6_e2m3|fp6_e3m2|fp4|int8|fp\d+_e\d+m\d+)(?:_g(\d+))?(?:_(" + "|".join(SCALE_RULES) + r"))?"
+)
 _NVFP4 = re.compile(r"nvfp4(?:_g(\d+))?")
 _BFP = re.compile(r"bfp_m(\d+)_g(\d+)")
 
