@@ -98,24 +98,43 @@ def test_mxint8_is_two_complement_with_implicit_2_pow_minus_6():
     assert_bitwise_equal(F.get("mxint8").quantize(torch.from_numpy(x)), torch.from_numpy(ref))
 
 
+def round_to_grid(v: np.ndarray, dtype) -> np.ndarray:
+    """Nearest value of an ml_dtypes float format to float64 v (ties to the even code), saturating.
+
+    Written out because ml_dtypes converts float64 to FP4 through float32 (a double rounding)."""
+    bits = ml_dtypes.finfo(dtype).bits
+    codes = np.arange(2 ** (bits - 1))  # the non-negative half
+    vals = codes.astype(np.uint8).view(dtype).astype(np.float64)
+    keep = np.isfinite(vals)
+    vals, codes = vals[keep], codes[keep]
+    a = np.minimum(np.abs(v), vals[-1])
+    i = np.clip(np.searchsorted(vals, a), 1, len(vals) - 1)
+    lo, hi = vals[i - 1], vals[i]
+    mid = (lo + hi) / 2  # exact: grid values have few bits
+    up = (a > mid) | ((a == mid) & (codes[i] % 2 == 0))
+    return np.copysign(np.where(up, hi, lo), v)
+
+
 def nvfp4_reference(x: np.ndarray) -> np.ndarray:
-    """The two-level NVFP4 recipe in numpy float32 arithmetic with ml_dtypes casts."""
+    """The two-level NVFP4 recipe with exact quotients (float64) and value = (elem * scale_b) * s."""
     f32 = np.float32
     s = f32(np.abs(x).max()) / f32(448.0 * 6.0)
     blocks = x.reshape(x.shape[0], -1, 16)
-    amax = np.abs(blocks).max(-1, keepdims=True)
-    scale_b = np.minimum(amax / (s * f32(6.0)), f32(448)).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
-    d = scale_b * s
+    amax = np.abs(blocks).max(-1, keepdims=True).astype(np.float64)
+    scale_b = round_to_grid(amax / (6.0 * np.float64(s)), ml_dtypes.float8_e4m3fn)
+    denom = scale_b * np.float64(s)  # exact: 4 x 24 bits
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.where(d > 0, blocks / d, 0).astype(np.float32)
-    elems = v.astype(ml_dtypes.float4_e2m1fn).astype(np.float32)  # ml_dtypes saturates fp4 at 6
-    return (elems * d).astype(np.float32).reshape(x.shape)
+        v = np.where(denom > 0, blocks.astype(np.float64) / denom, 0.0)
+    elems = round_to_grid(v, ml_dtypes.float4_e2m1fn)
+    return ((elems * scale_b).astype(np.float32) * s).astype(np.float32).reshape(x.shape)
 
 
 def test_nvfp4_matches_the_two_level_recipe():
-    for seed in range(3):
+    for seed in range(6):
         x = llm_like(seed=seed)
         assert_bitwise_equal(F.get("nvfp4").quantize(torch.from_numpy(x)), torch.from_numpy(nvfp4_reference(x)))
+    x = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    assert_bitwise_equal(F.get("nvfp4").quantize(torch.from_numpy(x)), torch.from_numpy(nvfp4_reference(x)))
 
 
 def test_nvfp4_encoded_tensor_scale_is_amax_over_2688():
@@ -125,21 +144,73 @@ def test_nvfp4_encoded_tensor_scale_is_amax_over_2688():
     assert s == np.float32(x.abs().max().item()) / np.float32(2688.0)
 
 
+def traps(denom: float, midpoints, n_ulps: int = 4) -> np.ndarray:
+    """float32 x near m * denom that a float32 quotient x / fl32(denom) rounds to FP4 the wrong way."""
+    cands = []
+    for m in midpoints:
+        t = np.float32(m * denom)
+        cands.append(t)
+        for direction in (np.inf, -np.inf):
+            x = t
+            for _ in range(n_ulps):
+                x = np.nextafter(x, np.float32(direction))
+                cands.append(x)
+    x = np.array(cands, dtype=np.float32)
+    naive = (x / np.float32(denom)).astype(ml_dtypes.float4_e2m1fn).astype(np.float64)
+    exact = round_to_grid(x.astype(np.float64) / denom, ml_dtypes.float4_e2m1fn)
+    return x[naive != exact]
+
+
+def test_nvfp4_rounds_exact_quotients_where_float32_would_not():
+    """Blocks with a known scale_b and s, filled with elements whose float32 quotient
+    x / fl32(scale_b s) rounds to FP4 the other way than the exact x / (scale_b s)."""
+    fp4_midpoints = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
+    g = np.float32(3001.37)  # the tensor amax: s = g / 2688 has a full 24-bit mantissa
+    s = g / np.float32(2688.0)
+    rows, found = [], 0
+    for scale_b in [1.125, 1.375, 1.625, 1.875, 2.75, 3.25, 13.0, 0.8125, 96.0, 0.0390625, 5.5, 7.0]:
+        denom = scale_b * np.float64(s)
+        x = traps(denom, fp4_midpoints)
+        found += x.size
+        row = np.zeros(32, dtype=np.float32)
+        row[0], row[16] = g, np.float32(6.0 * denom)  # block 1's amax gives it scale_b
+        row[17:17 + min(15, x.size)] = x[:15]
+        rows.append(row)
+    assert found >= 10  # the test data does hold such elements
+    x = np.stack(rows)
+    assert_bitwise_equal(F.get("nvfp4").quantize(torch.from_numpy(x)), torch.from_numpy(nvfp4_reference(x)))
+
+
+def test_int_group_division_cannot_make_false_ties():
+    """Why INT groups need no settling: an fp16 scale (11 bits) times k + 1/2 (at most 13 bits for
+    12-bit codes) is exact in float32, so x / scale rounds to k + 1/2 only when it is exactly that."""
+    rng = np.random.default_rng(0)
+    sc = rng.uniform(1e-3, 10, 20000).astype(np.float16).astype(np.float32)
+    k = rng.integers(0, 2**11, 20000) + 0.5
+    t = (k * sc).astype(np.float32)
+    assert (t.astype(np.float64) == k * sc.astype(np.float64)).all()  # exact products
+    for step in (np.inf, -np.inf):
+        x = np.nextafter(t, np.float32(step))
+        assert not (x / sc == k.astype(np.float32)).any()
+
+
 def int_group_reference(x: np.ndarray, bits: int, group: int, symmetric: bool) -> np.ndarray:
     blocks = x.reshape(x.shape[0], -1, group).astype(np.float32)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         scale = (np.abs(blocks).max(-1, keepdims=True) / np.float32(qmax)).astype(np.float16).astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            codes = np.where(scale > 0, np.clip(np.round(blocks / scale), -qmax, qmax), 0) + 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):  # float64 quotients: no false ties
+            q = blocks.astype(np.float64) / scale.astype(np.float64)
+            codes = np.where(scale > 0, np.clip(np.round(q), -qmax, qmax), 0) + 0.0
         return (codes * scale).astype(np.float32).reshape(x.shape)
     qmax = 2**bits - 1
     lo = np.minimum(blocks.min(-1, keepdims=True), 0)
     hi = np.maximum(blocks.max(-1, keepdims=True), 0)
     scale = ((hi - lo) / np.float32(qmax)).astype(np.float16).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        zero = np.where(scale > 0, np.clip(np.round(-lo / scale), 0, qmax), 0)
-        codes = np.where(scale > 0, np.clip(np.round(blocks / scale) + zero, 0, qmax), 0)
+        zero = np.where(scale > 0, np.clip(np.round(-lo.astype(np.float64) / scale), 0, qmax), 0)
+        q = blocks.astype(np.float64) / scale.astype(np.float64)
+        codes = np.where(scale > 0, np.clip(np.round(q) + zero, 0, qmax), 0)
     return ((codes - zero) * scale).astype(np.float32).reshape(x.shape)
 
 
@@ -226,7 +297,7 @@ def test_dim_selects_the_blocking_dimension():
 
 
 def test_nan_and_inf_poison_only_their_block():
-    x = torch.randn(2, 64)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
     x[0, 3] = float("nan")
     x[1, 40] = float("inf")
     for name in ("mxfp4", "mxfp8_e4m3", "nvfp4", "int4_g32", "bfp_m4_g32", "mxint8", "int4_g16_asym"):
@@ -240,9 +311,9 @@ def test_nan_and_inf_poison_only_their_block():
         assert_bitwise_equal(fmt.decode(fmt.encode(x)), q)
     # the NVFP4 tensor scale ignores the non-finite values
     clean = x.clone()
-    clean[0, :16] = 0
-    clean[1, 32:48] = 0
-    assert torch.equal(F.get("nvfp4").quantize(x)[0, 16:], F.get("nvfp4").quantize(clean)[0, 16:])
+    clean[0, 3] = clean[1, 40] = 0.0
+    q, q_clean = F.get("nvfp4").quantize(x), F.get("nvfp4").quantize(clean)
+    assert torch.equal(q[0, 16:], q_clean[0, 16:]) and torch.equal(q[1, :32], q_clean[1, :32])
 
 
 def test_element_formats_propagate_nan_and_saturate():

@@ -164,3 +164,23 @@ def test_round_toward_zero_never_grows_the_magnitude():
     assert (q.abs() <= x.abs()).all()
     # and it is the largest grid value not above |x|: the next one up is above
     assert ((q == nearest) | (nearest.abs() > x.abs())).all()
+
+
+@pytest.mark.parametrize("element,dtype", ORACLES, ids=lambda v: getattr(v, "name", ""))
+def test_every_rounding_path_agrees(element, dtype):
+    """Three paths round to nearest: add-and-subtract (the fast one), scale-round-unscale with
+    float64 refinement near boundaries (`exact=`), and float64 arithmetic. Same answers."""
+    x = torch.from_numpy(adversarial_inputs(element, n_random=100_000, seed=7))
+    x64 = x.double()
+    for saturate in (True, False):
+        fast = element.round(x, saturate=saturate)
+        refined = element.round(x, saturate=saturate, exact=lambda idx: x64[idx])
+        assert_bitwise_equal(refined, fast)
+        assert_bitwise_equal(element.round(x64, saturate=saturate), fast)
+
+
+def test_float64_rounding_is_a_single_rounding():
+    """Values a hair off an FP4 midpoint in float64 round by their true side (ml_dtypes goes
+    through float32 here and gets 3.5 - 2^-30 wrong)."""
+    x = torch.tensor([3.5 - 2**-30, 3.5 + 2**-30, 2.5 - 2**-40, 2.5, 3.5], dtype=torch.float64)
+    assert FP4_E2M1.round(x).tolist() == [3.0, 4.0, 2.0, 2.0, 4.0]

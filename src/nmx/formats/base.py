@@ -219,7 +219,7 @@ class Format(ABC):
         pad = (-layout.length) % layout.block
         if pad:
             moved = torch.nn.functional.pad(moved, (0, pad))
-        return x, layout, moved.reshape(*moved.shape[:-1], -1, layout.block)
+        return x, layout, moved.reshape(*moved.shape[:-1], -1, layout.block).contiguous()
 
     def _unblock(self, y: torch.Tensor, layout: _Layout) -> torch.Tensor:
         y = y.reshape(*layout.lead, -1)[..., : layout.length]

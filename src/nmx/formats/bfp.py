@@ -55,7 +55,9 @@ class BFPFormat(Format):
         inv = E8M0_SCALE.decode(torch.where(code == E8M0_NAN, 127, 254 - code))
         v = (blocks * inv) * 2.0 ** (self.mantissa_bits - 1)
         elements = self._element.round(v, self.rounding, generator)
-        elements = torch.where(code == E8M0_NAN, 0.0, elements)
+        nan_block = code == E8M0_NAN
+        if bool(nan_block.any()):
+            elements = torch.where(nan_block, 0.0, elements)
         return elements, code
 
     def _join(self, elements, code):

@@ -20,6 +20,7 @@ All scalings are by powers of two, so the only rounding is the one we ask for.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from nmx.errors import FormatError
-from nmx.formats.rounding import Rounding, round_int
+from nmx.formats.rounding import Rounding, near_boundary, round_int
 
 # How a float format spends its top exponent code.
 IEEE = "ieee"  # all-ones exponent: infinities (mantissa 0) and NaNs, like IEEE 754 / FP8 E5M2
@@ -60,10 +61,10 @@ class FloatElement:
     container_bits: int | None = None
 
     def __post_init__(self) -> None:
-        if not (1 <= self.ebits <= 8 and 0 <= self.mbits <= 10):
+        if not (1 <= self.ebits <= (8 if self.specials == E8M0 else 7) and 0 <= self.mbits <= 10):
             raise FormatError(
-                f"{self.name}: need 1..8 exponent bits and 0..10 mantissa bits, "
-                f"got e{self.ebits}m{self.mbits}"
+                f"{self.name}: need 1..7 exponent bits and 0..10 mantissa bits, "
+                f"got e{self.ebits}m{self.mbits} (8-bit exponents: use bf16)"
             )
         if self.specials != E8M0 and self.emin - self.mbits < -126:
             # the grid spacing must be a normal float32 for rounding to stay exact
@@ -134,6 +135,7 @@ class FloatElement:
         *,
         saturate: bool = True,
         generator: torch.Generator | None = None,
+        exact: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Round float32 `x` to this format; returns float32 values on the grid.
 
@@ -142,28 +144,53 @@ class FloatElement:
         Inf stays Inf where the format has it. Without `saturate`, overflow becomes
         Inf (IEEE-style formats) or NaN (E4M3-style) as ml_dtypes and IEEE do.
         NaN stays NaN (FP6/FP4 have no NaN code: `encode` refuses it).
+
+        `exact`: when `x` only approximates the value to round (a quotient computed in
+        float32), a function from flat indices to the true values in float64. The few
+        elements of x that lie within a hair of a rounding boundary are rounded again
+        from their true value, so an approximation never decides which way they go.
         """
         if self.specials == E8M0:
             return self._round_e8m0(x, rounding, generator)
-        a = x.abs()
-        e = _f32_exponent(a).clamp(min=self.emin)
-        # multiply by 2**(mbits-e) so the grid spacing is 1, round, multiply back; the clamps
-        # only bite for Inf/NaN and for values far beyond max, which overflow either way
-        up = _f32_from_exponent((self.mbits - e).clamp(-126, 127))
-        down = _f32_from_exponent((e - self.mbits).clamp(-126, 127))
-        r = round_int(a * up, rounding, generator) * down
-        if saturate:
-            r = torch.clamp(r, max=self.max)
-            if self.has_inf:
-                r = torch.where(torch.isinf(a), a, r)
-        else:
-            overflow = torch.inf if self.has_inf else torch.nan
-            r = torch.where(r > self.max, torch.full_like(r, overflow), r)
-        if not self.signed:
-            r = torch.where(x < 0, torch.full_like(r, torch.nan), r)
-            return torch.where(torch.isnan(x), x, r)
-        r = torch.copysign(r, x)
-        return torch.where(torch.isnan(x), x, r)
+        if x.dtype == torch.float64:
+            return self._round_float64(x, rounding, saturate, generator)
+        # Clamp first: saturation is then free, and Inf acts as a huge finite value.
+        # Non-saturating rounding clamps at 2^(emax+2), past the overflow threshold.
+        a = x.abs().clamp_(max=self._limit(saturate))  # NaN passes
+        e = (a.view(torch.int32) >> 23).clamp_(min=self.emin + 127)  # biased exponent of |x|
+        if rounding is Rounding.NEAREST and exact is None:
+            # (a + 1.5·2^(e-m+23)) - 1.5·2^(e-m+23): the float adder rounds a to the grid, ties to even
+            magic = (((e + (23 - self.mbits)) << 23) | 0x400000).view(torch.float32)
+            return self._finish(a.add_(magic).sub_(magic), x, saturate)
+        up = ((254 + self.mbits) - e).clamp_(min=1) << 23  # 2^(m - e): grid spacing -> 1
+        scaled = a.mul_(up.view(torch.float32))
+        r = round_int(scaled, rounding, generator).mul_(((e - self.mbits) << 23).view(torch.float32))
+        r = self._finish(r, x, saturate)
+        if exact is not None and rounding is not Rounding.STOCHASTIC:
+            idx = near_boundary(scaled, rounding, 2.0**-16).view(-1).nonzero().view(-1)
+            if idx.numel():
+                r.view(-1)[idx] = self._round_float64(exact(idx), rounding, saturate, None)
+        return r
+
+    def _limit(self, saturate: bool) -> float:
+        return self.max if saturate else 2.0 ** (self.emax + 2)
+
+    def _round_float64(self, x, rounding, saturate, generator) -> torch.Tensor:
+        """The same rounding in float64 arithmetic (exact for any float64 input), as float32."""
+        a = x.abs().clamp(max=self._limit(saturate))
+        e = (torch.frexp(a).exponent - 1).clamp(min=self.emin).double()  # floor(log2 a)
+        n = round_int(torch.ldexp(a, self.mbits - e), rounding, generator)
+        return self._finish(torch.ldexp(n, e - self.mbits), x, saturate).float()
+
+    def _finish(self, r: torch.Tensor, x: torch.Tensor, saturate: bool) -> torch.Tensor:
+        """Overflow, Inf and sign for rounded magnitudes r of x."""
+        if not saturate:
+            r = torch.where(r > self.max, torch.inf if self.has_inf else torch.nan, r)
+        elif self.has_inf:
+            r = torch.where(torch.isinf(x), x.abs().to(r.dtype), r)
+        if self.signed:
+            return r.copysign_(x)
+        return torch.where(x < 0, torch.nan, r)
 
     def _round_e8m0(self, x: torch.Tensor, rounding: Rounding, generator: torch.Generator | None) -> torch.Tensor:
         """E8M0 holds only 2**-127 .. 2**127; zero, negatives and Inf become NaN (as ml_dtypes)."""

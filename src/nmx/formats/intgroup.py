@@ -30,6 +30,15 @@ def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
     return raw.clamp(max=FP16_MAX).to(torch.float16).to(torch.float32)
 
 
+def _round_quotient(num, den, rounding, generator, wide: bool):
+    """round(num / den) of the exact quotient. An fp16 scale (11 bits) times k + 1/2 is exact
+    in float32 for codes of up to 13 bits, so there float32 division cannot land on a false
+    tie; wider codes divide in float64."""
+    if wide:
+        return round_int(num.double() / den.double(), rounding, generator).float()
+    return round_int(num / den, rounding, generator)
+
+
 class IntGroupFormat(Format):
     family = "int"
     scale_description = "fp16"
@@ -64,20 +73,28 @@ class IntGroupFormat(Format):
 
     def _split(self, blocks, generator):
         el = self._element
-        finite = torch.isfinite(blocks).all(dim=-1, keepdim=True)
         if self.symmetric:
-            scale = _fp16_scale(blocks.abs().amax(dim=-1, keepdim=True) / el.qmax)
-            codes = el.round_codes(blocks / scale, self.rounding, generator)
+            amax = blocks.abs().amax(dim=-1, keepdim=True)
+            finite = torch.isfinite(amax)
+            scale = _fp16_scale(amax / el.qmax)
+            # round |x| / scale (exactly: see _round_quotient), then put the sign back;
+            # + 0.0 turns -0 into +0, as two's complement has no negative zero
+            codes = _round_quotient(blocks.abs(), scale, self.rounding, generator, self.code_bits > 13)
+            codes = codes.clamp_(max=el.qmax).copysign_(blocks).add_(0.0)
             zero = None
         else:
             lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
             hi = blocks.amax(dim=-1, keepdim=True).clamp(min=0.0)
+            finite = torch.isfinite(lo) & torch.isfinite(hi)
             scale = _fp16_scale((hi - lo) / el.qmax)
-            zero = torch.round(-lo / scale).clamp(0, el.qmax)
+            zero = torch.round(-lo.double() / scale.double()).clamp(0, el.qmax).float()  # float64: exact
             zero = torch.where((scale > 0) & finite, zero, 0.0)
-            codes = (round_int(blocks / scale, self.rounding, generator) + zero).clamp(0, el.qmax)
-        codes = torch.where((scale > 0) & finite, codes, 0.0)
-        scale = torch.where(finite, scale, torch.nan)
+            codes = _round_quotient(blocks, scale, self.rounding, generator, self.code_bits > 13)
+            codes = codes.add_(zero).clamp_(0, el.qmax)
+        ok = (scale > 0) & finite
+        if not bool(ok.all()):
+            codes = torch.where(ok, codes, 0.0)
+            scale = torch.where(finite, scale, torch.nan)
         return codes, (scale, zero)
 
     def _join(self, codes, scales):

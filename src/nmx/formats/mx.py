@@ -90,7 +90,9 @@ class MXFormat(Format):
             elements = self._element.round(v, self.rounding, generator)
         else:
             elements = self._element.round(v, self.rounding, saturate=True, generator=generator)
-        elements = torch.where(code == E8M0_NAN, 0.0, elements)
+        nan_block = code == E8M0_NAN
+        if bool(nan_block.any()):
+            elements = torch.where(nan_block, 0.0, elements)
         return elements, code
 
     def _join(self, elements, code):

@@ -1,10 +1,13 @@
 """NVFP4: FP4 (E2M1) elements, blocks of 16, a two-level scale.
 
   s       = amax(|x| over the tensor's finite values) / (448 * 6)    one float32 per tensor
-  scale_b = round_ue4m3(amax_b / (s * 6)), saturating at 448          one UE4M3 byte per block
-  d_b     = scale_b * s                                               (float32 product)
-  elem_i  = round_e2m1(x_i / d_b), saturating at 6
-  value_i = elem_i * d_b
+  scale_b = round_ue4m3(amax_b / (6 s)), saturating at 448            one UE4M3 byte per block
+  elem_i  = round_e2m1(x_i / (scale_b * s)), saturating at 6
+  value_i = (elem_i * scale_b) * s                                    (float32; elem*scale is exact)
+
+Both roundings are of the exact real quotients, as the formulas say: a quotient rounded
+to float32 first can land exactly on (or a hair across) a rounding boundary that the true
+quotient misses, and then round the wrong way (torchao's float32 recipe does, rarely).
 
 Conventions the recipe leaves open, chosen here: a tensor with no non-zero finite
 value uses s = 1; a block whose scale rounds to zero stores zero elements; a block
@@ -52,16 +55,29 @@ class NVFP4Format(Format):
     def _split(self, blocks, generator):
         s = tensor_scale(blocks)
         amax = blocks.abs().amax(dim=-1, keepdim=True)
-        scale_b = UE4M3.round(amax / (s * FP4_E2M1.max))  # saturates at 448; NaN stays NaN
-        d = scale_b * s
-        elements = FP4_E2M1.round(blocks / d, self.rounding, saturate=True, generator=generator)
-        elements = torch.where((d > 0) & torch.isfinite(amax), elements, 0.0)
-        scale_b = torch.where(torch.isfinite(amax), scale_b, torch.nan)
+        finite = torch.isfinite(amax)
+        # block scale: round_ue4m3 of the exact amax / (6 s) (float64: one value per block)
+        scale_b = UE4M3.round(amax.double() / (6.0 * s.double()))
+        # elements: round_e2m1 of the exact x / (scale_b s). The float32 quotient by fl(scale_b s)
+        # is within a few ulps of it; the few elements that close to a rounding boundary are
+        # rounded again from the float64 quotient (scale_b s is exact in float64).
+        denom = scale_b.double() * s.double()
+        v = blocks / denom.float()
+
+        def exact(idx):
+            where = torch.unravel_index(idx, v.shape)
+            return blocks[where].double() / denom.expand(v.shape)[where]
+
+        elements = FP4_E2M1.round(v, self.rounding, saturate=True, generator=generator, exact=exact)
+        ok = (scale_b > 0) & finite
+        if not bool(ok.all()):
+            elements = torch.where(ok, elements, 0.0)
+            scale_b = torch.where(finite, scale_b, torch.nan)
         return elements, (scale_b, s)
 
     def _join(self, elements, scales):
         scale_b, s = scales
-        return elements * (scale_b * s)
+        return (elements * scale_b) * s  # E2M1 x UE4M3 is exact in float32: one rounding, by s
 
     def _scale_buffers(self, scales):
         scale_b, s = scales

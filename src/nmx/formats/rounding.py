@@ -52,3 +52,12 @@ def make_generator(mode: Rounding, seed: int) -> torch.Generator | None:
     g = torch.Generator()
     g.manual_seed(int(seed))
     return g
+
+
+def near_boundary(scaled: torch.Tensor, mode: Rounding, tol: float) -> torch.Tensor:
+    """Non-negative values in grid-spacing units within `tol` of where `mode` switches
+    (a half for nearest, an integer for toward-zero)."""
+    f = torch.frac(scaled)
+    if mode is Rounding.NEAREST:
+        return (f - 0.5).abs_() <= tol
+    return ((f <= tol) | (f >= 1.0 - tol)) & (scaled > 0)
