@@ -33,6 +33,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 import nmx.formats as F
@@ -145,6 +146,58 @@ def compare(x: torch.Tensor, ours: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
+# ---- an exact arbiter for the elements where nmx and torchao disagree ---------------------------
+
+FP4_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])  # E2M1 codes 0..7
+E4M3_GRID = torch.arange(127, dtype=torch.uint8).view(torch.float8_e4m3fn).double().numpy()  # codes 0..126
+
+
+def nearest(v: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Nearest grid value to float64 v, ties to the even code, saturating (grid[i] has code i)."""
+    a = np.minimum(np.abs(v), grid[-1])
+    i = np.clip(np.searchsorted(grid, a), 1, len(grid) - 1)
+    lo, hi = grid[i - 1], grid[i]
+    mid = (lo + hi) / 2
+    return np.copysign(np.where((a > mid) | ((a == mid) & (i % 2 == 0)), hi, lo), v)
+
+
+def exact_values(name: str, x: torch.Tensor) -> np.ndarray | None:
+    """The format's dequantized values from its formulas in float64 (quotients not rounded to float32)."""
+    xs = x.numpy().astype(np.float64)
+    if name == "nvfp4":
+        s = np.float64(np.float32(np.abs(xs).max()) / np.float32(2688.0))
+        blocks = xs.reshape(xs.shape[0], -1, 16)
+        scale_b = nearest(np.abs(blocks).max(-1, keepdims=True) / (6.0 * s), E4M3_GRID)
+        return (nearest(blocks / (scale_b * s), FP4_GRID) * scale_b * s).reshape(xs.shape)
+    if name == "int4_g128":
+        blocks = xs.reshape(xs.shape[0], -1, 128)
+        scale = (np.abs(blocks).max(-1, keepdims=True).astype(np.float32) / np.float32(7)).astype(np.float16)
+        return (np.clip(np.round(blocks / scale.astype(np.float64)), -7, 7) * scale).reshape(xs.shape)
+    return None
+
+
+def arbitrate(name: str, x: torch.Tensor, ours: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Split disagreements into last-bit ones (how the dequant product is rounded) and different
+    codes; for the latter, count whose value matches the exact formula (to 1 ulp)."""
+    differ = (ours != ref).numpy()
+    if not differ.any():
+        return {}
+    o, r = ours.numpy()[differ].astype(np.float64), ref.numpy()[differ].astype(np.float64)
+    ulp = np.spacing(np.maximum(np.abs(o), np.abs(r)).astype(np.float32)).astype(np.float64)
+    code = np.abs(o - r) > 2 * ulp
+    out = {"last_bit_only": int((~code).sum()), "different_code": int(code.sum())}
+    exact = exact_values(name, x)
+    if exact is not None:  # which side is the exact value rounded once to float32?
+        rounded = exact[differ].astype(np.float32).astype(np.float64)
+        out["nmx_is_exact_rounded"] = int((o == rounded).sum())
+        out["torchao_is_exact_rounded"] = int((r == rounded).sum())
+    if exact is not None and code.any():
+        e = exact[differ][code]
+        out["nmx_matches_exact"] = int((np.abs(o[code] - e) <= ulp[code]).sum())
+        out["torchao_matches_exact"] = int((np.abs(r[code] - e) <= ulp[code]).sum())
+    return out
+
+
 def summarize(times: dict[str, list[float]], diffs: dict[str, dict], n: int) -> list[dict]:
     rows = []
     for name in FORMATS:
@@ -154,7 +207,8 @@ def summarize(times: dict[str, list[float]], diffs: dict[str, dict], n: int) -> 
             row["torchao_s"] = statistics.median(times[("torchao", name)])
             row["torchao_elem_per_s"] = n / row["torchao_s"]
             row["nmx_over_torchao"] = row["nmx_elem_per_s"] / row["torchao_elem_per_s"]
-            row.update({k: v for k, v in diffs[name].items() if k != "examples"})
+            row.update({k: v for k, v in diffs[name].items() if k not in ("examples", "arbiter")})
+            row.update(diffs[name]["arbiter"])
         rows.append(row)
     return rows
 
@@ -193,7 +247,10 @@ def main() -> None:
         if name in ao:
             impls[("torchao", name)] = ao[name]
     times = time_interleaved(impls, x, args.repeats)
-    diffs = {name: compare(x, impls[("nmx", name)](x), ao[name](x)) for name in ao}
+    diffs = {}
+    for name in ao:
+        ours, ref = impls[("nmx", name)](x), ao[name](x)
+        diffs[name] = {**compare(x, ours, ref), "arbiter": arbitrate(name, x, ours, ref)}
     rows = summarize(times, diffs, n)
 
     print(
@@ -218,6 +275,13 @@ def main() -> None:
             )
             for e in d["examples"]:
                 print(f"  x{list(e['index'])} = {e['x']!r}: nmx {e['nmx']!r}, torchao {e['torchao']!r}")
+            a = d["arbiter"]
+            print(f"  {a.get('last_bit_only', 0)} differ only in the last bit (rounding of the dequant product); "
+                  f"{a.get('different_code', 0)} have a different code, of which the exact float64 formula "
+                  f"agrees with nmx in {a.get('nmx_matches_exact', '?')} and with torchao in "
+                  f"{a.get('torchao_matches_exact', '?')}; over all differing elements, the exact value rounded "
+                  f"once to float32 is nmx's in {a.get('nmx_is_exact_rounded', '?')} and torchao's in "
+                  f"{a.get('torchao_is_exact_rounded', '?')}")
     print()
     print(
         json.dumps(

@@ -66,6 +66,12 @@ class _Layout:
         return math.prod(self.lead) * (math.ceil(self.length / self.block) if self.block else 0)
 
 
+def block_absmax(blocks: torch.Tensor) -> torch.Tensor:
+    """max |x| over the last dim, kept as a dim of 1; NaN propagates. Two reductions beat abs + amax
+    (no full-size temporary)."""
+    return torch.maximum(blocks.amax(dim=-1, keepdim=True), blocks.amin(dim=-1, keepdim=True).neg_())
+
+
 def _as_float32(x: Any) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from nmx.formats.base import Format
+from nmx.formats.base import Format, block_absmax
 from nmx.formats.elements import E8M0_SCALE, IntElement
 from nmx.formats.rounding import Rounding
 
@@ -48,7 +48,7 @@ class BFPFormat(Format):
         return nblocks
 
     def _split(self, blocks, generator):
-        amax = blocks.abs().amax(dim=-1, keepdim=True)
+        amax = block_absmax(blocks)
         e = ((amax.view(torch.int32) >> 23) & 0xFF) - 127  # floor(log2 amax); -127 for 0
         code = torch.where(torch.isfinite(amax), e.clamp(-127, 127) + 127, E8M0_NAN)
         # x / 2^(E-m+1) as two exact power-of-two products

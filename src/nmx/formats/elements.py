@@ -59,6 +59,8 @@ class FloatElement:
     signed: bool = True
     #: bits it occupies when stored on its own (UE4M3 lives in a byte whose sign bit is 0)
     container_bits: int | None = None
+    #: torch's own dtype for this format, whose cast (round to nearest even) is the fast path
+    torch_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= self.ebits <= (8 if self.specials == E8M0 else 7) and 0 <= self.mbits <= 10):
@@ -154,6 +156,9 @@ class FloatElement:
             return self._round_e8m0(x, rounding, generator)
         if x.dtype == torch.float64:
             return self._round_float64(x, rounding, saturate, generator)
+        if self.torch_dtype is not None and saturate and rounding is Rounding.NEAREST and exact is None:
+            r = x.clamp(-self.max, self.max).to(self.torch_dtype).float()
+            return torch.where(torch.isinf(x), x, r) if self.has_inf else r
         # Clamp first: saturation is then free, and Inf acts as a huge finite value.
         # Non-saturating rounding clamps at 2^(emax+2), past the overflow threshold.
         a = x.abs().clamp_(max=self._limit(saturate))  # NaN passes
@@ -330,8 +335,8 @@ class IntElement:
 
 
 # The OCP formats (OFP8 and MX v1.0). ue4m3 is E4M3 with the sign bit dropped: the NVFP4 block scale.
-FP8_E4M3 = FloatElement("fp8_e4m3", 4, 3, 7, FN)
-FP8_E5M2 = FloatElement("fp8_e5m2", 5, 2, 15, IEEE)
+FP8_E4M3 = FloatElement("fp8_e4m3", 4, 3, 7, FN, torch_dtype=torch.float8_e4m3fn)
+FP8_E5M2 = FloatElement("fp8_e5m2", 5, 2, 15, IEEE, torch_dtype=torch.float8_e5m2)
 FP6_E2M3 = FloatElement("fp6_e2m3", 2, 3, 1)
 FP6_E3M2 = FloatElement("fp6_e3m2", 3, 2, 3)
 FP4_E2M1 = FloatElement("fp4_e2m1", 2, 1, 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from nmx.formats.base import Format
+from nmx.formats.base import Format, block_absmax
 from nmx.formats.elements import IntElement
 from nmx.formats.packing import pack_bits, packed_nbytes, unpack_bits
 from nmx.formats.rounding import Rounding, round_int
@@ -74,7 +74,7 @@ class IntGroupFormat(Format):
     def _split(self, blocks, generator):
         el = self._element
         if self.symmetric:
-            amax = blocks.abs().amax(dim=-1, keepdim=True)
+            amax = block_absmax(blocks)
             finite = torch.isfinite(amax)
             scale = _fp16_scale(amax / el.qmax)
             # round |x| / scale (exactly: see _round_quotient), then put the sign back;

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from nmx.errors import FormatError
-from nmx.formats.base import Format
+from nmx.formats.base import Format, block_absmax
 from nmx.formats.elements import E8M0_SCALE, FloatElement, IntElement
 from nmx.formats.rounding import Rounding
 
@@ -82,7 +82,7 @@ class MXFormat(Format):
         return nblocks
 
     def _split(self, blocks, generator):
-        amax = blocks.abs().amax(dim=-1, keepdim=True)  # NaN propagates
+        amax = block_absmax(blocks)  # NaN propagates
         code = e8m0_scale_exponent(amax, self._element, self.scale_rule)
         inv_scale = E8M0_SCALE.decode(torch.where(code == E8M0_NAN, 127, 254 - code))  # 2^-X, exact
         v = blocks * inv_scale

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from nmx.formats.base import Format
+from nmx.formats.base import Format, block_absmax
 from nmx.formats.elements import FP4_E2M1, UE4M3
 from nmx.formats.rounding import Rounding
 
@@ -54,7 +54,7 @@ class NVFP4Format(Format):
 
     def _split(self, blocks, generator):
         s = tensor_scale(blocks)
-        amax = blocks.abs().amax(dim=-1, keepdim=True)
+        amax = block_absmax(blocks)
         finite = torch.isfinite(amax)
         # block scale: round_ue4m3 of the exact amax / (6 s) (float64: one value per block)
         scale_b = UE4M3.round(amax.double() / (6.0 * s.double()))
