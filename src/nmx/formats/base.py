@@ -69,7 +69,8 @@ class _Layout:
 def block_absmax(blocks: torch.Tensor) -> torch.Tensor:
     """max |x| over the last dim, kept as a dim of 1; NaN propagates. Two reductions beat abs + amax
     (no full-size temporary)."""
-    return torch.maximum(blocks.amax(dim=-1, keepdim=True), blocks.amin(dim=-1, keepdim=True).neg_())
+    top = torch.maximum(blocks.amax(dim=-1, keepdim=True), blocks.amin(dim=-1, keepdim=True).neg_())
+    return top.abs_()  # max(0, -0) may be -0; a scale must not carry a sign
 
 
 def _as_float32(x: Any) -> torch.Tensor:
@@ -115,7 +116,7 @@ class Format(ABC):
 
     @abstractmethod
     def _join(self, elements: torch.Tensor, scales: Any) -> torch.Tensor:
-        ...
+        """Dequantized values; may reuse `elements` (always a fresh tensor) for the result."""
 
     def _scale_buffers(self, scales: Any) -> dict[str, torch.Tensor]:
         return {}

@@ -61,7 +61,7 @@ class BFPFormat(Format):
         return elements, code
 
     def _join(self, elements, code):
-        return (elements * 2.0 ** (1 - self.mantissa_bits)) * E8M0_SCALE.decode(code)
+        return elements.mul_(2.0 ** (1 - self.mantissa_bits)).mul_(E8M0_SCALE.decode(code))
 
     def _scale_buffers(self, code):
         return {"scales": code.reshape(-1).to(torch.uint8)}

@@ -99,7 +99,7 @@ class IntGroupFormat(Format):
 
     def _join(self, codes, scales):
         scale, zero = scales
-        return (codes if zero is None else codes - zero) * scale
+        return (codes if zero is None else codes.sub_(zero)).mul_(scale)
 
     def _scale_buffers(self, scales):
         scale, zero = scales

@@ -96,7 +96,7 @@ class MXFormat(Format):
         return elements, code
 
     def _join(self, elements, code):
-        return elements * E8M0_SCALE.decode(code)
+        return elements.mul_(E8M0_SCALE.decode(code))
 
     def _scale_buffers(self, code):
         return {"scales": code.reshape(-1).to(torch.uint8)}

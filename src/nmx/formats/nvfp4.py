@@ -77,7 +77,7 @@ class NVFP4Format(Format):
 
     def _join(self, elements, scales):
         scale_b, s = scales
-        return (elements * scale_b) * s  # E2M1 x UE4M3 is exact in float32: one rounding, by s
+        return elements.mul_(scale_b).mul_(s)  # E2M1 x UE4M3 is exact in float32: one rounding, by s
 
     def _scale_buffers(self, scales):
         scale_b, s = scales
