@@ -1,0 +1,1 @@
+"""N:M and unstructured sparsity: patterns, masks, pruning methods, compressed storage."""
