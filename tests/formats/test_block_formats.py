@@ -330,3 +330,26 @@ def test_all_zero_and_tiny_blocks():
         assert torch.equal(F.get(name).quantize(z), z)
     tiny = torch.full((1, 32), 1e-40)
     assert torch.isfinite(F.get("mxfp4").quantize(tiny)).all()
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "nvfp4", "int4_g32", "int4_g32_asym", "bfp_m4_g16",
+                                  "fp8_e4m3", "int8"])
+def test_rounder_fixes_a_groups_scales(name):
+    """Rounding a group's own columns with its fixed scales gives what quantize gives; a column that
+    changed afterwards is rounded on the old grid (saturating), not re-scaled."""
+    fmt = F.get(name)
+    g = fmt.block_size or 48
+    w = torch.randn(8, g if g > 1 else 16)
+    r = fmt.rounder(w, tensor=w)
+    cols = torch.stack([r(w[:, j]) for j in range(w.shape[1])], dim=1)
+    assert_bitwise_equal(cols, fmt.quantize(w))
+    assert_bitwise_equal(r(w[:, :3]), fmt.quantize(w)[:, :3])
+    if fmt.block_size != 1:
+        big = r(w[:, 0] * 100)  # beyond the group's range: saturates on the group's grid
+        assert torch.equal(r(big), big)
+        assert (big.abs() < (w[:, 0] * 100).abs()).all()
+
+
+def test_rounder_bad_group():
+    with pytest.raises(Exception, match="one block of 32"):
+        F.get("mxfp4").rounder(torch.randn(4, 16))

@@ -4,14 +4,15 @@ A format splits a tensor into blocks along one dimension (the reduction dimensio
 the last dim of a linear weight and of an activation), derives a scale per block,
 and rounds the scaled elements onto an element grid. Subclasses say only how:
 
-- `_split(blocks, generator) -> (elements, scales)`: element values on the element
-  grid, and the scales as the format stores them (already rounded to their format);
+- `_scales(blocks)`: the scales as the format stores them (already rounded to their format);
+- `_elements(blocks, scales, generator)`: element values on the element grid;
 - `_join(elements, scales) -> values`: the dequantized float32 values;
 - `_scale_buffers(scales)` / `_scales_from_buffers(buffers, nblocks)`: the scales as
   bytes and back.
 
-The base class turns that into `quantize` (split + join, no packing), `encode`
-(split + packing) and `decode` (unpacking + join). `quantize` and `decode` share
+The base class turns that into `quantize` (scales + elements + join, no packing),
+`encode` (+ packing), `decode` (unpacking + join) and `rounder` (fixed scales, for
+GPTQ/SparseGPT-style error feedback). `quantize` and `decode` share
 `_join`, so decode(encode(x)) equals quantize(x) bit for bit.
 
 Layout of `Encoded` buffers (all uint8, kernel-friendly, documented for kernels/):
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -111,8 +112,17 @@ class Format(ABC):
         """The element codec (with `encode`/`decode` between grid values and codes)."""
 
     @abstractmethod
+    def _scales(self, blocks: torch.Tensor) -> Any:
+        """The scales of each block ([..., nblocks, block] -> as the format stores them)."""
+
+    @abstractmethod
+    def _elements(self, blocks: torch.Tensor, scales: Any, generator: torch.Generator | None) -> torch.Tensor:
+        """Element grid values of `blocks` under `scales` (blocks may be narrower than a block:
+        scales broadcast along the last dim)."""
+
     def _split(self, blocks: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Any]:
-        ...
+        scales = self._scales(blocks)
+        return self._elements(blocks, scales, generator), scales
 
     @abstractmethod
     def _join(self, elements: torch.Tensor, scales: Any) -> torch.Tensor:
@@ -178,6 +188,32 @@ class Format(ABC):
         elements = self.element.decode(codes).reshape(nblocks, block)
         scales = self._scales_from_buffers(encoded.buffers, nblocks)
         return self._unblock(self._join(elements, scales), layout)
+
+    def rounder(self, group: Any, *, tensor: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Fix the scales of `group` ([rows, g]: one block per row, g = block_size; any g for a
+        per-vector or per-element format) and return a function rounding columns ([rows] or
+        [rows, k <= g]) onto that group's grids. This is how GPTQ/SparseGPT quantize with error
+        feedback: a group's scale is set when the sweep reaches it. `tensor`: the whole weight,
+        for formats with a per-tensor scale (NVFP4)."""
+        group = _as_float32(group)
+        if group.dim() != 2:
+            raise InputError(f"rounder() takes a [rows, g] group, got shape {tuple(group.shape)}")
+        if self.block_size not in (None, 1) and group.shape[1] != self.block_size:
+            raise InputError(f"{self.name}: a group must span one block of {self.block_size}, got {group.shape[1]}")
+        rows = group.shape[0]
+        scales = self._group_scales(group.reshape(rows, 1, -1), None if tensor is None else _as_float32(tensor))
+        generator = make_generator(self.rounding, 0)
+
+        def round_columns(cols: torch.Tensor) -> torch.Tensor:
+            c = _as_float32(cols)
+            blocks = c.reshape(rows, 1, -1) if self.block_size != 1 else c.reshape(rows, -1, 1)
+            s = scales if self.block_size != 1 else None
+            return self._join(self._elements(blocks, s, generator), s).reshape(c.shape)
+
+        return round_columns
+
+    def _group_scales(self, blocks: torch.Tensor, tensor: torch.Tensor | None) -> Any:
+        return self._scales(blocks)
 
     def storage_bytes(self, shape: tuple[int, ...] | torch.Size, dim: int = -1) -> int:
         """Exact bytes of `encode` for a tensor of `shape`, padding and scales included."""

@@ -47,10 +47,12 @@ class BFPFormat(Format):
     def _overhead_bytes(self, nblocks: int) -> int:
         return nblocks
 
-    def _split(self, blocks, generator):
+    def _scales(self, blocks):
         amax = block_absmax(blocks)
         e = ((amax.view(torch.int32) >> 23) & 0xFF) - 127  # floor(log2 amax); -127 for 0
-        code = torch.where(torch.isfinite(amax), e.clamp(-127, 127) + 127, E8M0_NAN)
+        return torch.where(torch.isfinite(amax), e.clamp(-127, 127) + 127, E8M0_NAN)
+
+    def _elements(self, blocks, code, generator):
         # x / 2^(E-m+1) as two exact power-of-two products
         inv = E8M0_SCALE.decode(torch.where(code == E8M0_NAN, 127, 254 - code))
         v = (blocks * inv) * 2.0 ** (self.mantissa_bits - 1)
@@ -58,7 +60,7 @@ class BFPFormat(Format):
         nan_block = code == E8M0_NAN
         if bool(nan_block.any()):
             elements = torch.where(nan_block, 0.0, elements)
-        return elements, code
+        return elements
 
     def _join(self, elements, code):
         return elements.mul_(2.0 ** (1 - self.mantissa_bits)).mul_(E8M0_SCALE.decode(code))

@@ -62,10 +62,13 @@ class ElementFormat(Format):
     def element(self):
         return self._element
 
-    def _split(self, blocks, generator):
+    def _scales(self, blocks):
+        return None
+
+    def _elements(self, blocks, scales, generator):
         if isinstance(self._element, TorchFloat):
-            return self._element.round(blocks), None
-        return self._element.round(blocks, self.rounding, saturate=True, generator=generator), None
+            return self._element.round(blocks)
+        return self._element.round(blocks, self.rounding, saturate=True, generator=generator)
 
     def _join(self, elements, scales):
         return elements

@@ -71,31 +71,31 @@ class IntGroupFormat(Format):
     def _overhead_bytes(self, nblocks: int) -> int:
         return 2 * nblocks + (0 if self.symmetric else packed_nbytes(nblocks, self.code_bits))
 
-    def _split(self, blocks, generator):
+    def _scales(self, blocks):
+        """(scale, zero point): NaN scale for a group holding NaN/Inf, zero None when symmetric."""
         el = self._element
         if self.symmetric:
             amax = block_absmax(blocks)
-            finite = torch.isfinite(amax)
-            scale = _fp16_scale(amax / el.qmax)
-            # round |x| / scale (exactly: see _round_quotient), then put the sign back;
-            # + 0.0 turns -0 into +0, as two's complement has no negative zero
-            codes = _round_quotient(blocks.abs(), scale, self.rounding, generator, self.code_bits > 13)
+            return torch.where(torch.isfinite(amax), _fp16_scale(amax / el.qmax), torch.nan), None
+        lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
+        hi = blocks.amax(dim=-1, keepdim=True).clamp(min=0.0)
+        finite = torch.isfinite(lo) & torch.isfinite(hi)
+        scale = torch.where(finite, _fp16_scale((hi - lo) / el.qmax), torch.nan)
+        zero = torch.round(-lo.double() / scale.double()).clamp(0, el.qmax).float()  # float64: exact
+        return scale, torch.where(scale > 0, zero, 0.0)
+
+    def _elements(self, blocks, scales, generator):
+        scale, zero = scales
+        el, wide = self._element, self.code_bits > 13
+        if zero is None:
+            # round |x| / scale, then put the sign back; + 0.0 turns -0 into +0 (two's
+            # complement has no negative zero)
+            codes = _round_quotient(blocks.abs(), scale, self.rounding, generator, wide)
             codes = codes.clamp_(max=el.qmax).copysign_(blocks).add_(0.0)
-            zero = None
         else:
-            lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
-            hi = blocks.amax(dim=-1, keepdim=True).clamp(min=0.0)
-            finite = torch.isfinite(lo) & torch.isfinite(hi)
-            scale = _fp16_scale((hi - lo) / el.qmax)
-            zero = torch.round(-lo.double() / scale.double()).clamp(0, el.qmax).float()  # float64: exact
-            zero = torch.where((scale > 0) & finite, zero, 0.0)
-            codes = _round_quotient(blocks, scale, self.rounding, generator, self.code_bits > 13)
-            codes = codes.add_(zero).clamp_(0, el.qmax)
-        ok = (scale > 0) & finite
-        if not bool(ok.all()):
-            codes = torch.where(ok, codes, 0.0)
-            scale = torch.where(finite, scale, torch.nan)
-        return codes, (scale, zero)
+            codes = _round_quotient(blocks, scale, self.rounding, generator, wide).add_(zero).clamp_(0, el.qmax)
+        ok = scale > 0  # False for NaN and zero scales
+        return codes if bool(ok.all()) else torch.where(ok, codes, 0.0)
 
     def _join(self, codes, scales):
         scale, zero = scales

@@ -81,9 +81,10 @@ class MXFormat(Format):
     def _overhead_bytes(self, nblocks: int) -> int:
         return nblocks
 
-    def _split(self, blocks, generator):
-        amax = block_absmax(blocks)  # NaN propagates
-        code = e8m0_scale_exponent(amax, self._element, self.scale_rule)
+    def _scales(self, blocks):
+        return e8m0_scale_exponent(block_absmax(blocks), self._element, self.scale_rule)  # NaN propagates
+
+    def _elements(self, blocks, code, generator):
         inv_scale = E8M0_SCALE.decode(torch.where(code == E8M0_NAN, 127, 254 - code))  # 2^-X, exact
         v = blocks * inv_scale
         if isinstance(self._element, IntElement):
@@ -93,7 +94,7 @@ class MXFormat(Format):
         nan_block = code == E8M0_NAN
         if bool(nan_block.any()):
             elements = torch.where(nan_block, 0.0, elements)
-        return elements, code
+        return elements
 
     def _join(self, elements, code):
         return elements.mul_(E8M0_SCALE.decode(code))

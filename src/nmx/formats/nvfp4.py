@@ -52,28 +52,33 @@ class NVFP4Format(Format):
     def _overhead_bytes(self, nblocks: int) -> int:
         return nblocks + 4
 
-    def _split(self, blocks, generator):
-        s = tensor_scale(blocks)
+    def _scales(self, blocks, tensor_scale_: torch.Tensor | None = None):
+        """(UE4M3 block scales, float32 tensor scale); NaN block scale where a block holds NaN/Inf."""
+        s = tensor_scale(blocks) if tensor_scale_ is None else tensor_scale_
         amax = block_absmax(blocks)
-        finite = torch.isfinite(amax)
-        # block scale: round_ue4m3 of the exact amax / (6 s) (float64: one value per block)
+        # round_ue4m3 of the exact amax / (6 s) (float64: one value per block)
         scale_b = UE4M3.round(amax.double() / (6.0 * s.double()))
-        # elements: round_e2m1 of the exact x / (scale_b s). The float32 quotient by fl(scale_b s)
-        # is within a few ulps of it; the few elements that close to a rounding boundary are
-        # rounded again from the float64 quotient (scale_b s is exact in float64).
+        return torch.where(torch.isfinite(amax), scale_b, torch.nan), s
+
+    def _group_scales(self, blocks, tensor):
+        full = tensor if tensor is not None else blocks
+        return self._scales(blocks, tensor_scale(full.reshape(-1, 1)))
+
+    def _elements(self, blocks, scales, generator):
+        scale_b, s = scales
+        # round_e2m1 of the exact x / (scale_b s). The float32 quotient by fl(scale_b s) is within a
+        # few ulps of it; the few elements that close to a rounding boundary are rounded again from
+        # the float64 quotient (scale_b s is exact in float64).
         denom = scale_b.double() * s.double()
         v = blocks / denom.float()
 
         def exact(idx):
             where = torch.unravel_index(idx, v.shape)
-            return blocks[where].double() / denom.expand(v.shape)[where]
+            return blocks.expand(v.shape)[where].double() / denom.expand(v.shape)[where]
 
         elements = FP4_E2M1.round(v, self.rounding, saturate=True, generator=generator, exact=exact)
-        ok = (scale_b > 0) & finite
-        if not bool(ok.all()):
-            elements = torch.where(ok, elements, 0.0)
-            scale_b = torch.where(finite, scale_b, torch.nan)
-        return elements, (scale_b, s)
+        ok = scale_b > 0  # False for NaN and zero
+        return elements if bool(ok.all()) else torch.where(ok, elements, 0.0)
 
     def _join(self, elements, scales):
         scale_b, s = scales

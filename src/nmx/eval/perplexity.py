@@ -1,0 +1,92 @@
+"""Perplexity with a pinned, recorded protocol (the Wanda/SparseGPT one by default).
+
+The text is tokenized once; non-overlapping windows of `seq_len` tokens are scored
+independently (no context carried over), every token after the first of each window is
+predicted, and perplexity = exp(total NLL / tokens scored). With `max_windows` only the
+first windows are scored, for quick runs; the record says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from nmx.errors import InputError
+from nmx.eval.text import Text
+
+
+@dataclass(frozen=True)
+class Protocol:
+    text: str
+    source: str
+    join_rule: str
+    tokenizer: str
+    seq_len: int
+    stride: int
+    windows: int
+    windows_available: int
+    tokens_scored: int
+    text_tokens: int
+    dtype: str
+    first_token_is_bos: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tokenize(tokenizer: Any, text: Text) -> torch.Tensor:
+    ids = tokenizer(text.text, return_tensors="pt").input_ids[0]
+    if ids.numel() == 0:
+        raise InputError(f"text {text.name!r} is empty after tokenization")
+    return ids
+
+
+def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None, what: str) -> torch.Tensor:
+    if seq_len < 2:
+        raise InputError(f"seq_len must be at least 2, got {seq_len}")
+    n = ids.numel() // seq_len
+    if n == 0:
+        raise InputError(
+            f"{what} has {ids.numel()} tokens, fewer than one window of {seq_len}; use a longer text or a smaller seq_len"
+        )
+    if max_windows is not None:
+        if max_windows < 1:
+            raise InputError(f"max_windows must be at least 1, got {max_windows}")
+        n = min(n, max_windows)
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+@torch.inference_mode()
+def window_nll(model: Any, window: torch.Tensor) -> float:
+    """Summed negative log-likelihood (float64) of tokens 1.. of one window given the ones before."""
+    logits = model(window.unsqueeze(0)).logits[0, :-1].float()
+    return float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").double())
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    text: Text,
+    seq_len: int = 2048,
+    max_windows: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    ids = tokenize(tokenizer, text)
+    wins = windows_of(ids, seq_len, max_windows, f"evaluation text {text.name!r}")
+    total = 0.0
+    for i, w in enumerate(wins):
+        total += window_nll(model, w)
+        if progress:
+            progress(i + 1, len(wins))
+    scored = len(wins) * (seq_len - 1)
+    protocol = Protocol(
+        text=text.name, source=text.source, join_rule=text.join_rule,
+        tokenizer=getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        seq_len=seq_len, stride=seq_len, windows=len(wins), windows_available=ids.numel() // seq_len,
+        tokens_scored=scored, text_tokens=ids.numel(), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        first_token_is_bos=bool(getattr(tokenizer, "bos_token_id", None) is not None and ids[0] == tokenizer.bos_token_id),
+    )
+    return {"perplexity": math.exp(total / scored), "nll": total, "eval_tokens": scored, "protocol": protocol.as_dict()}
