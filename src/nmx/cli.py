@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -119,9 +120,155 @@ def demo() -> None:
               "separates MX, NVFP4 and INT groups at 4 bits.")
 
 
+class _Progress:
+    """A rich progress bar per stage ('calibrating layers', 'evaluating', ...), on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=Console(stderr=True), transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self._tasks:
+            self._tasks[what] = self._bar.add_task(what, total=total)
+        self._bar.update(self._tasks[what], completed=done, total=total)
+
+
+def _run_and_print(recipe, out, save_model: bool, as_json: bool) -> None:
+    from nmx.runner import run
+
+    with _Progress() as progress:
+        result = run(recipe, out, save_model=save_model, progress=progress)
+    if as_json:
+        _print_json({k: v for k, v in result.items() if k != "layers"})
+        return
+    out_note = f"; wrote {out}/result.json and report.md" if out else ""
+    typer.echo(f"perplexity {result['perplexity']:.4f} on {result['protocol']['tokens_scored']} tokens, "
+               f"weight sparsity {result['weight_sparsity']:.4f}, {result['bits_per_weight']:.4f} bits/weight, "
+               f"{result['wall_s']:.0f} s{out_note}")
+
+
+@app.command("run")
+def run_cmd(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for result.json, report.md, recipe.yaml."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a field: key.path=value (repeatable)."),
+    save_model: bool = typer.Option(False, "--save-model", help="Also write the modified weights (safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a recipe: prune / quantize a model and measure its perplexity."""
+    from nmx.recipe import load_recipe
+
+    _run_and_print(load_recipe(recipe_path, overrides), out, save_model, as_json)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m", "--model", help="Built-in name, HF folder, .gguf file or Hub id."),
+    text: str = typer.Option("wikitext-2", "--text", help="Text name or file."),
+    seq_len: int = typer.Option(2048, "--seq-len"),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score only the first K windows."),
+    out: Optional[Path] = typer.Option(None, "--out"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Perplexity of a model as it is (the dense baseline)."""
+    from nmx.recipe import load_recipe
+
+    base = {"model": model, "evaluation": {"text": text, "seq_len": seq_len, "max_windows": max_windows}}
+    _run_and_print(load_recipe(base=base), out, False, as_json)
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Option("smollm2-135m", "--model"),
+    method: str = typer.Option("wanda", "--method", help="magnitude, wanda or sparsegpt."),
+    pattern: str = typer.Option("2:4", "--pattern", help="N:M (e.g. 2:4) or unstructured (e.g. 50%)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weight format (see `nmx formats`)."),
+    activations: Optional[str] = typer.Option(None, "--activations", help="Activation format."),
+    calib_text: str = typer.Option("tinyshakespeare", "--calib-text"),
+    calib_samples: int = typer.Option(128, "--calib-samples"),
+    calib_seq_len: int = typer.Option(2048, "--calib-seq-len"),
+    seed: int = typer.Option(0, "--seed"),
+    text: str = typer.Option("wikitext-2", "--text"),
+    seq_len: int = typer.Option(2048, "--seq-len"),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows"),
+    out: Optional[Path] = typer.Option(None, "--out"),
+    save_model: bool = typer.Option(False, "--save-model"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Prune (and optionally quantize) a model, then measure its perplexity."""
+    from nmx.recipe import load_recipe
+
+    base = {
+        "model": model,
+        "calibration": {"text": calib_text, "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed},
+        "sparsity": {"method": method, "pattern": pattern},
+        "quantization": {"weights": weights, "activations": activations} if (weights or activations) else None,
+        "evaluation": {"text": text, "seq_len": seq_len, "max_windows": max_windows},
+    }
+    _run_and_print(load_recipe(base=base), out, save_model, as_json)
+
+
+sparsity_app = typer.Typer(help="N:M and unstructured sparsity: storage formats.", no_args_is_help=True)
+app.add_typer(sparsity_app, name="sparsity")
+
+
+@sparsity_app.command("formats")
+def sparsity_formats(
+    density: List[float] = typer.Option([], "--density", help="Fractions of NONZEROS (0.01 = 99% sparse)."),
+    sparsity: List[float] = typer.Option([], "--sparsity", help="Fractions of zeros, instead of --density."),
+    value_bits: List[int] = typer.Option([16, 4], "--value-bits", help="Bits per stored value."),
+    rows: int = typer.Option(4096, "--rows"),
+    cols: int = typer.Option(4096, "--cols"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Size of every compressed storage format at each density: which one wins."""
+    from nmx.errors import InputError
+    from nmx.report.tables import storage_table_view
+    from nmx.sparsity.storage import storage_table
+
+    if density and sparsity:
+        raise InputError("give --density (fraction of nonzeros) or --sparsity (fraction of zeros), not both")
+    densities = density or ([1.0 - s for s in sparsity] if sparsity else [0.5, 0.1, 0.01])
+    rows_ = storage_table(densities, value_bits, shape=(rows, cols))
+    if as_json:
+        _print_json(rows_)
+    else:
+        out.print(storage_table_view(rows_, f"compressed storage of a {rows}x{cols} matrix"))
+
+
+MULTI_VALUE = ("--density", "--sparsity", "--value-bits")
+
+
+def _expand_multi_value(argv: list[str]) -> list[str]:
+    """Let `--density 0.5 0.9 0.99` mean `--density 0.5 --density 0.9 --density 0.99` (click
+    options take one value each)."""
+    out, current = [], None
+    for arg in argv:
+        if arg in MULTI_VALUE:
+            current = arg
+            out.append(arg)
+        elif current and not arg.startswith("-") and out[-1] != current:
+            out += [current, arg]
+        else:
+            if arg.startswith("-"):
+                current = None
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     try:
-        app()
+        app(args=_expand_multi_value(sys.argv[1:]), prog_name="nmx")
     except NmxError as err:
         if _state["debug"]:
             raise

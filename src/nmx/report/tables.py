@@ -40,3 +40,22 @@ def quant_error_table(rows: Iterable[dict], title: str) -> Table:
         t.add_row(r["name"], _num(r["bits_per_element"], "g"), _num(r["storage_bits_per_element"], ".4g"),
                   _num(r["sqnr_db"], ".2f"), _num(r["mse"], ".3e"), _num(r["max_abs_error"], ".3e"))
     return t
+
+
+def storage_table_view(rows: Iterable[dict], title: str) -> Table:
+    """Compressed storage sizes; the winner of each (density, value bits) is starred."""
+    t = Table(title=title)
+    for col, justify in [("density", "right"), ("sparsity", "right"), ("value bits", "right"), ("format", "left"),
+                         ("bits/nonzero", "right"), ("bits/element", "right"), ("vs dense", "right"),
+                         ("index metadata", "left")]:
+        t.add_column(col, justify=justify)
+    previous = None
+    for r in rows:
+        key = (r["density"], r["value_bits"])
+        if previous is not None and key != previous:
+            t.add_section()
+        previous = key
+        name = f"* {r['format']}" if r["best"] else f"  {r['format']}"
+        t.add_row(_num(r["density"], "g"), _num(r["sparsity"], ".4g"), str(r["value_bits"]), name, _num(r["bits_per_nonzero"], ".2f"),
+                  _num(r["bits_per_element"], ".3f"), _num(r["relative_to_dense"], ".3f"), str(r["metadata"]))
+    return t

@@ -1,0 +1,157 @@
+"""Prune and quantize a loaded model as a recipe says, and account for what it stores.
+
+Pruning that needs calibration (Wanda's input norms, SparseGPT's Hessians) runs the
+sequential layer-wise loop of `calibrate`: each decoder layer sees the outputs of the
+already-pruned layers before it. Weight quantization follows pruning (SparseGPT can do
+both jointly, with error feedback); activation quantization is attached as hooks and
+acts at evaluation time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+
+from nmx import formats
+from nmx.eval.samples import calibration_windows
+from nmx.eval.text import load_text
+from nmx.model.calibrate import sequential
+from nmx.model.layers import DEFAULT_TARGETS, match_linears
+from nmx.model.sources import LoadedModel
+from nmx.quant import attach_activation_quant, quantize_weights
+from nmx.recipe import Recipe
+from nmx.sparsity.methods import LayerStats, get_method
+from nmx.sparsity.patterns import NMPattern, parse_pattern
+from nmx.sparsity.storage import best_format, get_storage
+
+log = logging.getLogger(__name__)
+
+UNQUANTIZED_BITS = 16  # weights without a format are counted as bf16, how they are deployed
+
+
+def _prune_with_calibration(
+    loaded: LoadedModel, recipe: Recipe, targets: dict[str, torch.nn.Linear], method: Any, prune: Callable,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    cal = recipe.calibration
+    text = load_text(cal.text)
+    samples = calibration_windows(loaded.tokenizer, text, cal.samples, cal.seq_len, cal.seed)
+    hessian = method.needs == "hessian"
+
+    def process(_i: int, prefix: str, _layer: torch.nn.Module, feed: Callable[[], None]) -> None:
+        mine = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
+        stats = {n: LayerStats(m.in_features, hessian=hessian) for n, m in mine.items()}
+        hooks = [m.register_forward_pre_hook(lambda _m, args, s=stats[n]: s.add(args[0])) for n, m in mine.items()]
+        try:
+            feed()
+        finally:
+            for h in hooks:
+                h.remove()
+        for name, module in mine.items():
+            prune(name, module, stats[name])
+
+    sequential(loaded.model, samples, process, (lambda i, n: progress("calibrating layers", i, n)) if progress else None)
+
+
+def compress(
+    loaded: LoadedModel, recipe: Recipe, progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, Any]:
+    """Apply the recipe's sparsity and quantization to `loaded.model` in place; returns the
+    per-layer record (shape, sparsity, N:M validity, bits) and the activation hooks."""
+    model = loaded.model
+    sp, qz = recipe.sparsity, recipe.quantization
+    weight_fmt = qz.weights if qz else None
+    masks: dict[str, torch.Tensor] = {}
+    pruned_targets: dict[str, torch.nn.Linear] = match_linears(model, sp.targets) if sp else {}
+
+    if sp:
+        method, pattern = get_method(sp.method), parse_pattern(sp.pattern)
+        joint = weight_fmt is not None and sp.method == "sparsegpt" and sp.options.get("joint_quant", True)
+
+        @torch.no_grad()
+        def prune(name: str, module: torch.nn.Linear, stats: LayerStats | None) -> None:
+            w = module.weight.detach().float()
+            options = dict(sp.options)
+            options.pop("joint_quant", None)
+            if joint and name in _quant_targets(model, qz):
+                fmt = formats.get(weight_fmt)
+                options["quantizer"] = lambda group, full=w: fmt.rounder(group, tensor=full)
+                options["quant_group"] = fmt.block_size or w.shape[1]
+            new, mask = method.prune(w, pattern, stats, **options)
+            module.weight.copy_(new.to(module.weight.dtype))
+            masks[name] = mask
+
+        if method.needs == "nothing":
+            for i, (name, module) in enumerate(pruned_targets.items()):
+                prune(name, module, None)
+                if progress:
+                    progress("pruning", i + 1, len(pruned_targets))
+        else:
+            _prune_with_calibration(loaded, recipe, pruned_targets, method, prune, progress)
+
+    quant_targets = _quant_targets(model, qz) if qz else {}
+    if weight_fmt:
+        quantize_weights(quant_targets, weight_fmt)  # idempotent after a joint SparseGPT pass
+    hooks = attach_activation_quant(quant_targets, qz.activations) if qz and qz.activations else []
+    counted = {**pruned_targets, **quant_targets} or match_linears(model, DEFAULT_TARGETS)
+    record = account(counted, set(pruned_targets), set(quant_targets) if weight_fmt else set(), recipe)
+    record["activation_hooks"] = len(hooks)
+    return record
+
+
+def _quant_targets(model: Any, qz: Any) -> dict[str, torch.nn.Linear]:
+    return match_linears(model, qz.targets) if qz and (qz.weights or qz.activations) else {}
+
+
+def layer_bits(weight: torch.Tensor, weight_fmt: str | None, pattern: Any | None) -> dict[str, Any]:
+    """Storage of one weight: values at the format's element bits in the smallest sparse format
+    for its real density (N:M storage for an N:M pattern), plus scales (per block of the dense
+    layout, padding included), in bits."""
+    rows, cols = weight.shape
+    n = rows * cols
+    nonzero = int((weight != 0).sum())
+    fmt = formats.get(weight_fmt) if weight_fmt else None
+    value_bits = fmt.code_bits if fmt else UNQUANTIZED_BITS
+    scale_bits = (8 * fmt.storage_bytes((rows, cols)) - n * fmt.code_bits) if fmt else 0
+    density = nonzero / n
+    if isinstance(pattern, NMPattern):  # the smaller of the two index encodings
+        names = (f"nm{pattern.n}:{pattern.m}", f"nm{pattern.n}:{pattern.m}_comb")
+        storage, bits = min(((s, get_storage(s).expected_bits((rows, cols), pattern.density, value_bits))
+                             for s in names), key=lambda sb: sb[1])
+        if density > pattern.density + 1e-9:
+            raise AssertionError(f"weight holds {density:.3f} of nonzeros, more than {pattern} allows")
+    elif pattern is not None:
+        storage, bits = best_format((rows, cols), density, value_bits)
+    else:
+        storage, bits = "dense", float(n * value_bits)
+    return {"shape": [rows, cols], "nonzero": nonzero, "sparsity": 1 - density, "value_bits": value_bits,
+            "storage": storage, "bits": bits + scale_bits, "bits_per_weight": (bits + scale_bits) / n}
+
+
+def account(linears: dict[str, torch.nn.Linear], pruned: set[str], quantized: set[str], recipe: Recipe) -> dict:
+    """Per-layer and total sparsity and bits over the counted weights (the recipe's targets, or
+    the default targets of a dense run)."""
+    from nmx.sparsity.masks import check_nm
+
+    pattern = parse_pattern(recipe.sparsity.pattern) if recipe.sparsity else None
+    weight_fmt = recipe.quantization.weights if recipe.quantization else None
+    layers, total_bits, total_n, total_zero = {}, 0.0, 0, 0
+    for name, module in linears.items():
+        w = module.weight.detach()
+        p = pattern if name in pruned else None
+        rec = layer_bits(w, weight_fmt if name in quantized else None, p)
+        if isinstance(p, NMPattern):
+            rec["nm_violations"] = check_nm(w, p.n, p.m)
+        layers[name] = rec
+        total_bits += rec["bits"]
+        total_n += w.numel()
+        total_zero += w.numel() - rec["nonzero"]
+    return {
+        "layers": layers,
+        "weight_sparsity": total_zero / total_n,
+        "bits_per_weight": total_bits / total_n,
+        "targeted_weights": total_n,
+        "masks_valid": all(r.get("nm_violations", 0) == 0 for r in layers.values()),
+    }

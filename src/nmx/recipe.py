@@ -1,0 +1,190 @@
+"""The declarative recipe: what to prune and quantize, on which model, measured how.
+
+    model: smollm2-135m
+    calibration: {text: tinyshakespeare, samples: 128, seq_len: 2048, seed: 0}
+    sparsity: {method: wanda, pattern: "2:4", targets: ["*.self_attn.*_proj", "*.mlp.*_proj"]}
+    quantization: {weights: mxfp4, activations: null}
+    evaluation: {text: wikitext-2, seq_len: 2048, max_windows: null}
+
+Validated with pydantic at this boundary only; an error names the field and, for a file,
+its line. `--set key.path=value` overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nmx.errors import InputError, NmxError
+from nmx.model.layers import DEFAULT_TARGETS
+from nmx.model.sources import DEFAULT_MODEL
+
+
+def _as_value_error(check, value):
+    """Run a library check; pydantic reports ValueErrors with their field, so convert ours."""
+    try:
+        return check(value)
+    except NmxError as err:
+        raise ValueError(str(err)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Calibration(_Strict):
+    text: str = "tinyshakespeare"
+    samples: int = Field(128, ge=1)
+    seq_len: int = Field(2048, ge=2)
+    seed: int = 0
+
+
+class Sparsity(_Strict):
+    method: str = "wanda"
+    pattern: str = "2:4"
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from nmx.sparsity.methods import get_method
+
+        return _as_value_error(get_method, v) and v
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _valid_pattern(cls, v: Any) -> str:
+        from nmx.sparsity.patterns import parse_pattern
+
+        return str(_as_value_error(parse_pattern, v))
+
+
+class Quantization(_Strict):
+    weights: Optional[str] = None
+    activations: Optional[str] = None
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+    @field_validator("weights", "activations")
+    @classmethod
+    def _known_format(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from nmx import formats
+
+            _as_value_error(formats.get, v)
+        return v
+
+
+class Evaluation(_Strict):
+    text: str = "wikitext-2"
+    seq_len: int = Field(2048, ge=2)
+    max_windows: Optional[int] = Field(None, ge=1)
+
+
+class Recipe(_Strict):
+    model: str = DEFAULT_MODEL
+    calibration: Calibration = Field(default_factory=Calibration)
+    sparsity: Optional[Sparsity] = None
+    quantization: Optional[Quantization] = None
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124; recipes mean the pattern."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:int"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _line_of(node: Any, loc: tuple) -> int | None:
+    """1-based line of the YAML node at `loc` (or of its nearest existing parent)."""
+    line = None
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == key:
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            break
+    return line
+
+
+def _describe(err: ValidationError, tree: Any, where: str) -> str:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if isinstance(x, str))
+    field = ".".join(str(x) for x in e["loc"]) or "recipe"
+    line = _line_of(tree, loc) if tree is not None else None
+    place = f"{where} line {line}" if line else where
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        model: Any = Recipe
+        for key in loc[:-1]:
+            model = model.model_fields[key].annotation
+            model = next((a for a in getattr(model, "__args__", (model,)) if isinstance(a, type)), model)
+        known = list(getattr(model, "model_fields", {}))
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        msg = f"unknown key{f'; did you mean {close[0]!r}' if close else ''} (known: {', '.join(known)})"
+    return f"{place}: {field}: {msg}"
+
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set wants key.path=value, got {assignment!r}")
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise InputError(f"--set {key}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = _yaml(value)
+
+
+def load_recipe(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> Recipe:
+    """Parse and validate a recipe file (or `base`, a dict) with `--set` overrides."""
+    tree, raw, where = None, dict(base or {}), "recipe"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"recipe file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            tree = yaml.compose(text, Loader=_Loader)
+            raw = _yaml(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark else ""
+            raise InputError(f"{path}{at}: not valid YAML ({getattr(err, 'problem', err)})") from err
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: a recipe is a mapping of sections (model, sparsity, ...)")
+        where = str(path)
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(_describe(err, tree, where)) from None

@@ -1,0 +1,118 @@
+"""`nmx run`: recipe -> model -> prune / quantize -> perplexity -> result.json + report.md.
+
+(DESIGN.md places `run` in recipe.py; it lives here so that recipe.py stays a validated
+description that the model code can import without a cycle.)
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+import nmx
+from nmx.eval.perplexity import perplexity
+from nmx.eval.text import load_text
+from nmx.io import write_json_atomic, write_text_atomic
+from nmx.model.compress import compress
+from nmx.model.sources import load_model
+from nmx.recipe import Recipe
+
+Progress = Callable[[str, int, int], None]
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {"nmx": nmx.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def run(recipe: Recipe, out: Path | None = None, save_model: bool = False, progress: Progress | None = None) -> dict:
+    """Run the recipe; write DIR/result.json, DIR/report.md, DIR/recipe.yaml (and the model)."""
+    t0 = time.perf_counter()
+    loaded = load_model(recipe.model)
+    ev = recipe.evaluation
+    text = load_text(ev.text)  # fail on a missing text before the long part
+    record = compress(loaded, recipe, progress)
+    t1 = time.perf_counter()
+    result = perplexity(loaded.model, loaded.tokenizer, text, ev.seq_len, ev.max_windows,
+                        (lambda i, n: progress("evaluating", i, n)) if progress else None)
+    layers = record.pop("layers")
+    out_record: dict[str, Any] = {
+        "perplexity": result["perplexity"],
+        "eval_tokens": result["eval_tokens"],
+        "weight_sparsity": record["weight_sparsity"],
+        "bits_per_weight": record["bits_per_weight"],
+        **{k: v for k, v in record.items() if k not in ("weight_sparsity", "bits_per_weight")},
+        "protocol": result["protocol"],
+        "recipe": recipe.as_dict(),
+        "model": {"name": loaded.name, "parameters": loaded.n_params, "source": loaded.source, "notes": loaded.notes},
+        "wall_s": time.perf_counter() - t0,
+        "compress_s": t1 - t0,
+        "versions": versions(),
+        "layers": layers,
+    }
+    if out is not None:
+        write_outputs(Path(out), out_record, loaded if save_model else None)
+    return out_record
+
+
+def write_outputs(out: Path, result: dict, loaded: Any | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded is not None:
+        save_weights(out / "model.safetensors", loaded, result)
+    write_text_atomic(out / "recipe.yaml", yaml.safe_dump(result["recipe"], sort_keys=False))
+    write_text_atomic(out / "report.md", report_markdown(result))
+    write_json_atomic(out / "result.json", result)  # last: its presence means the run finished
+
+
+def save_weights(path: Path, loaded: Any, result: dict) -> None:
+    """The modified weights as safetensors, with the recipe and per-layer formats in the metadata."""
+    import json
+
+    from safetensors.torch import save_model
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {"nmx_recipe": json.dumps(result["recipe"]), "nmx_layers": json.dumps(result["layers"]),
+            "nmx_version": nmx.__version__}
+    save_model(loaded.model, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def report_markdown(r: dict) -> str:
+    rec, p = r["recipe"], r["protocol"]
+    sp, q = rec.get("sparsity"), rec.get("quantization")
+    lines = [
+        f"# nmx run: {r['model']['name']}",
+        "",
+        f"- perplexity: **{r['perplexity']:.4f}** on {p['text']} ({p['tokens_scored']} tokens scored, "
+        f"{p['windows']} of {p['windows_available']} windows of {p['seq_len']})",
+        f"- sparsity: {sp['method'] + ' ' + sp['pattern'] if sp else 'none'}; weight sparsity "
+        f"{r['weight_sparsity']:.4f} over {r['targeted_weights']} targeted weights",
+        f"- formats: weights {(q or {}).get('weights') or 'unquantized (counted as bf16)'}, "
+        f"activations {(q or {}).get('activations') or 'unquantized'}",
+        f"- bits per weight (values, indices and scales, best storage): {r['bits_per_weight']:.4f}",
+        f"- wall time: {r['wall_s']:.1f} s",
+        "",
+        "## Protocol",
+        "",
+        *[f"- {k}: {v}" for k, v in p.items()],
+        "",
+        "## Notes",
+        "",
+        *[f"- {n}" for n in r["model"]["notes"] or ["none"]],
+        "",
+        "## Layers",
+        "",
+        "| layer | shape | sparsity | storage | bits/weight |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {'x'.join(map(str, x['shape']))} | {x['sparsity']:.3f} | {x['storage']} | {x['bits_per_weight']:.3f} |"
+          for n, x in r["layers"].items()],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""The co-design loop on a tiny random Llama: sources, calibration, pruning, quantization, perplexity."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from nmx.errors import InputError
+from nmx.eval.perplexity import perplexity, window_nll
+from nmx.eval.text import Text, load_text
+from nmx.model import load_model
+from nmx.model.calibrate import capture_first_layer_inputs, run_layer
+from nmx.model.layers import decoder_layers
+from nmx.recipe import load_recipe
+from nmx.runner import run
+from tests.model.conftest import char_tokenizer, tiny_llama
+
+
+def test_perplexity_matches_a_hand_computed_value():
+    """Oracle: the NLL of each window computed token by token with log_softmax in float64."""
+    model, tok = tiny_llama(), char_tokenizer()
+    text = Text("t", "abcdefghij" * 5, "mem", "as is")
+    r = perplexity(model, tok, text, seq_len=16, max_windows=None)
+    ids = tok(text.text, return_tensors="pt").input_ids[0]
+    total, count = 0.0, 0
+    for w in range(ids.numel() // 16):
+        window = ids[w * 16:(w + 1) * 16]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(window[None]).logits[0].double(), -1)
+        for t in range(1, 16):
+            total -= logp[t - 1, window[t]].item()
+            count += 1
+    assert r["eval_tokens"] == count == 3 * 15
+    assert r["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert r["protocol"]["windows"] == 3 and r["protocol"]["stride"] == 16
+
+
+def test_text_too_short_for_one_window():
+    model, tok = tiny_llama(), char_tokenizer()
+    with pytest.raises(InputError, match="fewer than one window"):
+        perplexity(model, tok, Text("t", "abc", "mem", "as is"), seq_len=16)
+    with pytest.raises(InputError, match="empty"):
+        perplexity(model, tok, Text("t", "", "mem", "as is"), seq_len=16)
+
+
+def test_text_sources(tmp_path, monkeypatch):
+    t = load_text("wikitext-2")  # NMX_DATA_DIR is set by the test conftest
+    assert t.text.startswith("\n\n = Robert Boulter = \n") and "wiki.test.raw" in t.source
+    f = tmp_path / "x.txt"
+    f.write_text("hello")
+    assert load_text(str(f)).text == "hello"
+    monkeypatch.setenv("NMX_DATA_DIR", str(tmp_path))
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # no Hub copy either
+    with pytest.raises(InputError) as err:
+        load_text("wikitext-2")
+    assert "NMX_DATA_DIR" in str(err.value) and "Hugging Face" in str(err.value) and "text file" in str(err.value)
+    bad = tmp_path / "bin.txt"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_text(str(bad))
+
+
+def test_sequential_calibration_reproduces_the_full_forward():
+    """Feeding layer outputs forward one layer at a time gives the same hidden states as the model."""
+    model, tok = tiny_llama(layers=3), char_tokenizer()
+    samples = tok(["hello world, quick fox!"] * 2, return_tensors="pt").input_ids
+    inputs, kwargs = capture_first_layer_inputs(model, samples)
+    _, layers = decoder_layers(model)
+    for layer in layers:
+        inputs = run_layer(layer, inputs, kwargs)
+    with torch.no_grad():
+        ref = model.model(samples[:1]).last_hidden_state
+    assert torch.allclose(model.model.norm(inputs[0]), ref, atol=1e-5)
+
+
+def test_local_folder_source(tiny_model_dir):
+    m = load_model(str(tiny_model_dir))
+    assert m.source["kind"] == "local" and m.n_params > 0
+    with pytest.raises(InputError, match="does not exist"):
+        load_model(str(tiny_model_dir / "nope"))
+    with pytest.raises(InputError, match="no config.json"):
+        load_model(str(tiny_model_dir.parent))
+
+
+def test_corrupt_gguf_is_one_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 40)  # a header and then nothing
+    with pytest.raises(InputError, match="cannot read .* as a GGUF model"):
+        load_model(str(bad))
+    with pytest.raises(InputError, match="not found"):
+        load_model(str(tmp_path / "missing.gguf"))
+
+
+def recipe_for(model_dir, text_file, **sections):
+    base = {"model": str(model_dir),
+            "calibration": {"text": str(text_file), "samples": 4, "seq_len": 32, "seed": 0},
+            "evaluation": {"text": str(text_file), "seq_len": 64, "max_windows": 4}}
+    base.update(sections)
+    return load_recipe(base=base)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["2:4", "50%"])
+def test_prune_run(tiny_model_dir, text_file, tmp_path, method, pattern):
+    recipe = recipe_for(tiny_model_dir, text_file, sparsity={"method": method, "pattern": pattern})
+    r = run(recipe, tmp_path / "out")
+    assert abs(r["weight_sparsity"] - 0.5) < 0.01 and r["masks_valid"]
+    assert math.isfinite(r["perplexity"])
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    for key in ("perplexity", "eval_tokens", "weight_sparsity", "bits_per_weight", "protocol", "recipe", "wall_s",
+                "versions"):
+        assert key in saved
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "recipe.yaml").is_file()
+
+
+def test_dense_run_counts_bf16(tiny_model_dir, text_file):
+    r = run(recipe_for(tiny_model_dir, text_file))
+    assert r["weight_sparsity"] < 0.01 and r["bits_per_weight"] == 16
+
+
+def test_wanda_beats_magnitude_and_quantization_composes(tiny_model_dir, text_file):
+    dense = run(recipe_for(tiny_model_dir, text_file))["perplexity"]
+    r = run(recipe_for(tiny_model_dir, text_file, sparsity={"method": "wanda", "pattern": "2:4"},
+                       quantization={"weights": "mxfp4"}))
+    # 2:4 values at 4 bits + 3-bit combinatorial index per 4 + an 8-bit scale per 32 = 2 + 0.75 + 0.25
+    assert r["bits_per_weight"] == pytest.approx(3.0)
+    assert r["perplexity"] > dense * 0.9  # a random tiny model barely cares, but it must run
+
+
+def test_weight_and_activation_quantization(tiny_model_dir, text_file):
+    r = run(recipe_for(tiny_model_dir, text_file, quantization={"weights": "nvfp4", "activations": "nvfp4"}))
+    assert r["activation_hooks"] > 0 and r["bits_per_weight"] == pytest.approx(4.5, abs=0.01)
+
+
+def test_bad_recipes_name_the_field_and_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("model: smollm2-135m\nsparsity:\n  method: wanda\n  patern: '2:4'\n")
+    with pytest.raises(InputError, match=r"line 4: sparsity.patern: unknown key; did you mean 'pattern'"):
+        load_recipe(p)
+    p.write_text("sparsity: {method: wandaa}\n")
+    with pytest.raises(InputError, match=r"line 1: sparsity.method: .*wanda"):
+        load_recipe(p)
+    p.write_text("sparsity:\n  pattern: '4:2'\n")
+    with pytest.raises(InputError, match=r"line 2: sparsity.pattern"):
+        load_recipe(p)
+    p.write_text("quantization: {weights: mxfp5}\n")
+    with pytest.raises(InputError, match="mxfp4"):
+        load_recipe(p)
+    with pytest.raises(InputError, match="not found"):
+        load_recipe(tmp_path / "none.yaml")
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_recipe(p)
+
+
+def test_set_overrides(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("sparsity: {method: wanda, pattern: '2:4'}\n")
+    r = load_recipe(p, ["sparsity.pattern=4:8", "evaluation.max_windows=3", "quantization.weights=mxfp4"])
+    assert r.sparsity.pattern == "4:8" and r.evaluation.max_windows == 3 and r.quantization.weights == "mxfp4"
+    with pytest.raises(InputError, match="unknown key"):
+        load_recipe(p, ["sparsity.bogus=1"])
+    with pytest.raises(InputError, match="key.path=value"):
+        load_recipe(p, ["nonsense"])
+
+
+def test_unquoted_nm_patterns_are_not_base_60_integers(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("sparsity: {method: wanda, pattern: 2:4}\n")  # YAML 1.1 would read 124
+    assert load_recipe(p).sparsity.pattern == "2:4"
