@@ -23,7 +23,7 @@ app = typer.Typer(
     help="nmx: N:M sparsity, number formats and KV-cache compression for LLM inference, "
     "priced in accuracy and on hardware.",
 )
-out = Console(width=max(120, shutil.get_terminal_size().columns))
+console = Console(width=max(120, shutil.get_terminal_size().columns))
 _state = {"debug": False}
 
 
@@ -65,8 +65,8 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print a JSON lis
     if as_json:
         _print_json(rows)
     else:
-        out.print(formats_table(rows))
-        out.print("Any member of a family works too, e.g. int3_g64, mxfp6_e2m3_g16_rceil, bfp_m5_g32, fp5_e2m2, "
+        console.print(formats_table(rows))
+        console.print("Any member of a family works too, e.g. int3_g64, mxfp6_e2m3_g16_rceil, bfp_m5_g32, fp5_e2m2, "
                   "mxfp4_sr (stochastic rounding); see `help(nmx.formats.registry)`.")
 
 
@@ -98,26 +98,30 @@ def quant_error(
     if as_json:
         _print_json(rows)
     else:
-        out.print(quant_error_table(rows, f"quantization error on {label}, shape {tuple(x.shape)}"))
+        console.print(quant_error_table(rows, f"quantization error on {label}, shape {tuple(x.shape)}"))
 
 
 @app.command()
-def demo() -> None:
-    """The formats table and every format's error on a realistic LLM-like tensor."""
-    from nmx.eval.metrics import format_errors
-    from nmx.eval.tensors import synthetic_activation
-    from nmx.formats import get, names
-    from nmx.report.tables import formats_table, quant_error_table
+def demo(
+    out: Path = typer.Option(Path("nmx-demo"), "--out", help="Folder for the study's table, plot and results."),
+    windows: int = typer.Option(4, "--windows", help="WikiText-2 windows of 2048 tokens to score per configuration."),
+    calib_samples: int = typer.Option(32, "--calib-samples", help="Calibration windows (of 512 tokens) for Wanda."),
+) -> None:
+    """The co-design study on SmolLM2-135M: N:M sparsity and MXFP4 against perplexity and bits."""
+    from nmx.demo import study
 
-    rows = [get(n).describe() for n in names()]
-    out.print(formats_table(rows))
-    x = synthetic_activation()
-    numeric = [r["name"] for r in rows if r["family"] != "scale"]
-    errors = sorted(format_errors(x, numeric), key=lambda r: r["bits_per_element"])
-    out.print(quant_error_table(errors, "quantization error on a heavy-tailed 256x4096 tensor with outlier "
-                                "channels (blocks along the last dim)"))
-    out.print("Per-vector and per-block scales beat plain casts at equal bits; the outlier channels are what "
-              "separates MX, NVFP4 and INT groups at 4 bits.")
+    with _Progress() as progress:
+        rows = study(out, windows=windows, calib_samples=calib_samples, progress=progress)
+    from rich.table import Table
+
+    t = Table(title=f"co-design study: smollm2-135m, WikiText-2, {windows} windows of 2048 tokens")
+    for col in ("configuration", "perplexity", "bits/weight", "weight sparsity"):
+        t.add_column(col, justify="left" if col == "configuration" else "right")
+    for r in rows:
+        t.add_row(r["config"], f"{r['perplexity']:.3f}", f"{r['bits_per_weight']:.3f}", f"{r['weight_sparsity']:.3f}")
+    console.print(t)
+    typer.echo(f"wrote {out}/study.md, {out}/perplexity_vs_bits.png and one result folder per configuration")
+    typer.echo(rows[0]["result"]["model"]["notes"][0] if rows[0]["result"]["model"]["notes"] else "")
 
 
 class _Progress:
@@ -243,7 +247,7 @@ def sparsity_formats(
     if as_json:
         _print_json(rows_)
     else:
-        out.print(storage_table_view(rows_, f"compressed storage of a {rows}x{cols} matrix"))
+        console.print(storage_table_view(rows_, f"compressed storage of a {rows}x{cols} matrix"))
 
 
 MULTI_VALUE = ("--density", "--sparsity", "--value-bits")

@@ -164,7 +164,9 @@ def _apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = _yaml(value)
 
 
-def load_recipe(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> Recipe:
+def load_recipe(
+    path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Recipe:
     """Parse and validate a recipe file (or `base`, a dict) with `--set` overrides."""
     tree, raw, where = None, dict(base or {}), "recipe"
     if path is not None:

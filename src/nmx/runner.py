@@ -32,10 +32,17 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def run(recipe: Recipe, out: Path | None = None, save_model: bool = False, progress: Progress | None = None) -> dict:
-    """Run the recipe; write DIR/result.json, DIR/report.md, DIR/recipe.yaml (and the model)."""
+def run(
+    recipe: Recipe,
+    out: Path | None = None,
+    save_model: bool = False,
+    progress: Progress | None = None,
+    loaded: Any | None = None,
+) -> dict:
+    """Run the recipe; write DIR/result.json, DIR/report.md, DIR/recipe.yaml (and the model).
+    `loaded`: an already loaded model to modify (its weights change in place)."""
     t0 = time.perf_counter()
-    loaded = load_model(recipe.model)
+    loaded = loaded if loaded is not None else load_model(recipe.model)
     ev = recipe.evaluation
     text = load_text(ev.text)  # fail on a missing text before the long part
     record = compress(loaded, recipe, progress)
@@ -111,8 +118,8 @@ def report_markdown(r: dict) -> str:
         "",
         "| layer | shape | sparsity | storage | bits/weight |",
         "|---|---|---|---|---|",
-        *[f"| {n} | {'x'.join(map(str, x['shape']))} | {x['sparsity']:.3f} | {x['storage']} | {x['bits_per_weight']:.3f} |"
-          for n, x in r["layers"].items()],
+        *[f"| {n} | {'x'.join(map(str, x['shape']))} | {x['sparsity']:.3f} | {x['storage']} "
+          f"| {x['bits_per_weight']:.3f} |" for n, x in r["layers"].items()],
         "",
     ]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmx.errors import InputError
-from nmx.eval.perplexity import perplexity, window_nll
+from nmx.eval.perplexity import perplexity
 from nmx.eval.text import Text, load_text
 from nmx.model import load_model
 from nmx.model.calibrate import capture_first_layer_inputs, run_layer
@@ -169,3 +169,24 @@ def test_unquoted_nm_patterns_are_not_base_60_integers(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("sparsity: {method: wanda, pattern: 2:4}\n")  # YAML 1.1 would read 124
     assert load_recipe(p).sparsity.pattern == "2:4"
+
+
+def test_sparsegpt_joint_with_a_format_lands_on_its_grid(tiny_model_dir, text_file):
+    from nmx import formats
+    from nmx.model.layers import match_linears
+    from nmx.model.sources import load_model as load
+
+    loaded = load(str(tiny_model_dir))
+    recipe = recipe_for(tiny_model_dir, text_file, sparsity={"method": "sparsegpt", "pattern": "2:4"},
+                        quantization={"weights": "mxfp4"})
+    r = run(recipe, loaded=loaded)
+    assert r["masks_valid"] and r["weight_sparsity"] >= 0.5
+    for linear in match_linears(loaded.model, ["*.mlp.*_proj"]).values():
+        w = linear.weight.detach()
+        assert torch.equal(formats.get("mxfp4").quantize(w), w)
+
+
+def test_unstructured_bits_use_unstructured_storage(tiny_model_dir, text_file):
+    r = run(recipe_for(tiny_model_dir, text_file, sparsity={"method": "magnitude", "pattern": "50%"}))
+    assert {x["storage"] for x in r["layers"].values()} == {"bitmap"}
+    assert r["bits_per_weight"] == pytest.approx(0.5 * 16 + 1)  # values + a 1-bit mask

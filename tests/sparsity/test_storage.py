@@ -22,7 +22,6 @@ from nmx.errors import FormatError, InputError
 from nmx.sparsity.storage import (
     DEFAULT_CANDIDATES,
     UNSTRUCTURED_CANDIDATES,
-    EncodedSparse,
     best_format,
     combination_rank,
     combination_unrank,

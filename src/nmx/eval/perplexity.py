@@ -50,7 +50,8 @@ def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None, what: s
     n = ids.numel() // seq_len
     if n == 0:
         raise InputError(
-            f"{what} has {ids.numel()} tokens, fewer than one window of {seq_len}; use a longer text or a smaller seq_len"
+            f"{what} has {ids.numel()} tokens, fewer than one window of {seq_len}; "
+            "use a longer text or a smaller seq_len"
         )
     if max_windows is not None:
         if max_windows < 1:
@@ -86,7 +87,8 @@ def perplexity(
         text=text.name, source=text.source, join_rule=text.join_rule,
         tokenizer=getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
         seq_len=seq_len, stride=seq_len, windows=len(wins), windows_available=ids.numel() // seq_len,
-        tokens_scored=scored, text_tokens=ids.numel(), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-        first_token_is_bos=bool(getattr(tokenizer, "bos_token_id", None) is not None and ids[0] == tokenizer.bos_token_id),
+        tokens_scored=scored, text_tokens=ids.numel(),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        first_token_is_bos=bool(ids[0] == getattr(tokenizer, "bos_token_id", None)),
     )
     return {"perplexity": math.exp(total / scored), "nll": total, "eval_tokens": scored, "protocol": protocol.as_dict()}

@@ -72,7 +72,7 @@ def sequential(
     prefix, layers = decoder_layers(model)
     inputs, kwargs = capture_first_layer_inputs(model, samples)
     for i, layer in enumerate(layers):
-        process(i, f"{prefix}.{i}", layer, lambda layer=layer: run_layer(layer, inputs, kwargs))
+        process(i, f"{prefix}.{i}", layer, lambda layer=layer, inputs=inputs: run_layer(layer, inputs, kwargs))
         inputs = run_layer(layer, inputs, kwargs)
         if progress:
             progress(i + 1, len(layers))

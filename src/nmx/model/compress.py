@@ -24,7 +24,7 @@ from nmx.quant import attach_activation_quant, quantize_weights
 from nmx.recipe import Recipe
 from nmx.sparsity.methods import LayerStats, get_method
 from nmx.sparsity.patterns import NMPattern, parse_pattern
-from nmx.sparsity.storage import best_format, get_storage
+from nmx.sparsity.storage import UNSTRUCTURED_CANDIDATES, best_format, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _prune_with_calibration(
         for name, module in mine.items():
             prune(name, module, stats[name])
 
-    sequential(loaded.model, samples, process, (lambda i, n: progress("calibrating layers", i, n)) if progress else None)
+    layer_progress = (lambda i, n: progress("calibrating layers", i, n)) if progress else None
+    sequential(loaded.model, samples, process, layer_progress)
 
 
 def compress(
@@ -78,7 +79,7 @@ def compress(
             if joint and name in _quant_targets(model, qz):
                 fmt = formats.get(weight_fmt)
                 options["quantizer"] = lambda group, full=w: fmt.rounder(group, tensor=full)
-                options["quant_group"] = fmt.block_size or w.shape[1]
+                options["quant_group"] = fmt.block_size  # None: one scale per row
             new, mask = method.prune(w, pattern, stats, **options)
             module.weight.copy_(new.to(module.weight.dtype))
             masks[name] = mask
@@ -122,8 +123,8 @@ def layer_bits(weight: torch.Tensor, weight_fmt: str | None, pattern: Any | None
                              for s in names), key=lambda sb: sb[1])
         if density > pattern.density + 1e-9:
             raise AssertionError(f"weight holds {density:.3f} of nonzeros, more than {pattern} allows")
-    elif pattern is not None:
-        storage, bits = best_format((rows, cols), density, value_bits)
+    elif pattern is not None:  # an unstructured mask: N:M storage cannot hold it
+        storage, bits = best_format((rows, cols), density, value_bits, candidates=UNSTRUCTURED_CANDIDATES)
     else:
         storage, bits = "dense", float(n * value_bits)
     return {"shape": [rows, cols], "nonzero": nonzero, "sparsity": 1 - density, "value_bits": value_bits,

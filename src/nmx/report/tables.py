@@ -45,7 +45,8 @@ def quant_error_table(rows: Iterable[dict], title: str) -> Table:
 def storage_table_view(rows: Iterable[dict], title: str) -> Table:
     """Compressed storage sizes; the winner of each (density, value bits) is starred."""
     t = Table(title=title)
-    for col, justify in [("density", "right"), ("sparsity", "right"), ("value bits", "right"), ("format", "left"),
+    for col, justify in [("density", "right"), ("sparsity", "right"), ("value bits", "right"),
+                         ("format", "left"),
                          ("bits/nonzero", "right"), ("bits/element", "right"), ("vs dense", "right"),
                          ("index metadata", "left")]:
         t.add_column(col, justify=justify)
@@ -56,6 +57,7 @@ def storage_table_view(rows: Iterable[dict], title: str) -> Table:
             t.add_section()
         previous = key
         name = f"* {r['format']}" if r["best"] else f"  {r['format']}"
-        t.add_row(_num(r["density"], "g"), _num(r["sparsity"], ".4g"), str(r["value_bits"]), name, _num(r["bits_per_nonzero"], ".2f"),
+        t.add_row(_num(r["density"], "g"), _num(r["sparsity"], ".4g"), str(r["value_bits"]), name,
+                  _num(r["bits_per_nonzero"], ".2f"),
                   _num(r["bits_per_element"], ".3f"), _num(r["relative_to_dense"], ".3f"), str(r["metadata"]))
     return t
