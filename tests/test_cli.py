@@ -28,7 +28,7 @@ def test_version_and_help(capsys, monkeypatch):
     assert code == 0 and out.strip() == f"nmx {__version__}"
     code, out, _ = run(["--help"], capsys, monkeypatch)
     assert code == 0
-    for verb in ("formats", "quant-error", "demo"):
+    for verb in ("formats", "quant-error", "demo", "run", "eval", "prune", "sparsity"):
         assert verb in out
 
 
@@ -83,11 +83,79 @@ def test_usage_errors_exit_2(capsys, monkeypatch):
     assert code == 2 and "Traceback" not in err
 
 
-def test_demo(capsys, monkeypatch):
-    code, out, _ = run(["demo"], capsys, monkeypatch)
+def test_quant_error_all_formats(capsys, monkeypatch):
+    code, out, _ = run(["quant-error", *names()[9:]], capsys, monkeypatch)
     assert code == 0 and "quantization error" in out and "nvfp4" in out
 
 
 def test_installed_entry_point_runs_as_a_module():
     r = subprocess.run([sys.executable, "-m", "nmx", "quant-error", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown format") and "Traceback" not in r.stderr
+
+
+def test_run_verbs_refuse_bad_input_before_writing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    cases = [
+        (["prune", "--pattern", "4:2", "--out", str(out)], "4:2"),
+        (["prune", "--pattern", "0:4", "--out", str(out)], "0:4"),
+        (["prune", "--method", "wandaa", "--out", str(out)], "wanda"),
+        (["eval", "--model", str(tmp_path / "no-such-model"), "--out", str(out)], "does not exist"),
+        (["eval", "--model", str(tmp_path / "x.gguf"), "--out", str(out)], "GGUF file not found"),
+    ]
+    for args, message in cases:
+        code, stdout, err = run(args, capsys, monkeypatch)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, (args, err)
+        assert not out.exists()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: smollm2-135m\nsparsity: {method: wanda, patern: '2:4'}\n")
+    code, _, err = run(["run", str(recipe), "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "line 2" in err and "did you mean 'pattern'" in err and not out.exists()
+    code, _, err = run(["run", str(tmp_path / "missing.yaml")], capsys, monkeypatch)
+    assert code == 2 and "recipe file not found" in err
+
+
+def test_tiny_text_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    from tests.model.conftest import char_tokenizer, tiny_llama
+
+    model_dir = tmp_path / "m"
+    tiny_llama().save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("too short")
+    out = tmp_path / "out"
+    code, _, err = run(["eval", "--model", str(model_dir), "--text", str(tiny), "--seq-len", "64", "--out", str(out)],
+                       capsys, monkeypatch)
+    assert code == 2 and "fewer than one window of 64" in err and not out.exists()
+
+
+def test_eval_and_prune_verbs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    from tests.model.conftest import TEXT, char_tokenizer, tiny_llama
+
+    model_dir = tmp_path / "m"
+    tiny_llama().save_pretrained(model_dir)
+    char_tokenizer().save_pretrained(model_dir)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "out"
+    code, stdout, _ = run(["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4", "--weights",
+                           "mxfp4", "--calib-text", str(text), "--calib-samples", "2", "--calib-seq-len", "32",
+                           "--text", str(text), "--seq-len", "64", "--max-windows", "2", "--out", str(out), "--json",
+                           "--save-model"], capsys, monkeypatch)
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["bits_per_weight"] == pytest.approx(3.0) and (out / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["nmx_recipe"])["sparsity"]["pattern"] == "2:4"
+
+
+def test_sparsity_formats_table(capsys, monkeypatch):
+    code, out, _ = run(["sparsity", "formats", "--sparsity", "0.5", "0.9", "0.99", "--value-bits", "16", "4", "--json"],
+                       capsys, monkeypatch)
+    rows = json.loads(out)
+    assert code == 0
+    winners = {(round(r["sparsity"], 2), r["value_bits"]): r["winner"] for r in rows}
+    assert winners[(0.5, 16)] == "nm2:4_comb" and len(winners) == 6
+    code, _, err = run(["sparsity", "formats", "--density", "0.5", "--sparsity", "0.5"], capsys, monkeypatch)
+    assert code == 2 and "not both" in err

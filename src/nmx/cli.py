@@ -125,23 +125,28 @@ def demo(
 
 
 class _Progress:
-    """A rich progress bar per stage ('calibrating layers', 'evaluating', ...), on stderr."""
+    """A rich progress bar per stage ('calibrating layers', 'evaluating', ...), on stderr; shown
+    from the first update on, so an early error stays one line."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             console=Console(stderr=True), transient=False)
+        self._bar = None
         self._tasks: dict[str, int] = {}
 
     def __enter__(self):
-        self._bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
 
     def __call__(self, what: str, done: int, total: int) -> None:
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True))
+            self._bar.__enter__()
         if what not in self._tasks:
             self._tasks[what] = self._bar.add_task(what, total=total)
         self._bar.update(self._tasks[what], completed=done, total=total)
