@@ -16,14 +16,6 @@ import torch
 from nmx import formats
 
 
-def quantize_weight(weight: torch.Tensor, fmt_name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    w = weight.detach().float()
-    if mask is not None:
-        w = w * mask
-    q = formats.get(fmt_name).quantize(w, dim=-1)
-    return q if mask is None else q * mask  # exact zeros stay zeros (no -0 from a NaN-free format)
-
-
 @torch.no_grad()
 def quantize_weights(linears: dict[str, torch.nn.Linear], fmt_name: str) -> None:
     """Replace each weight by its fake-quantized value, in place (zeros stay zero)."""
@@ -38,6 +30,6 @@ def attach_activation_quant(linears: dict[str, torch.nn.Linear], fmt_name: str) 
 
     def hook(_module, args):
         x = args[0]
-        return (fmt.quantize(x, dim=-1).to(x.dtype), *args[1:])
+        return (fmt.quantize(x, dim=-1).to(device=x.device, dtype=x.dtype), *args[1:])  # formats run on CPU
 
     return [m.register_forward_pre_hook(hook) for m in linears.values()]
