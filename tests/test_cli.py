@@ -146,8 +146,17 @@ def test_eval_and_prune_verbs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     assert result["bits_per_weight"] == pytest.approx(3.0) and (out / "model.safetensors").is_file()
     from safetensors import safe_open
 
+    from nmx.formats.packing import unpack_bits
+    from nmx.sparsity.masks import check_nm
+
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["nmx_recipe"])["sparsity"]["pattern"] == "2:4"
+        shapes = json.loads(f.metadata()["nmx_masks"])
+        name = "model.layers.0.mlp.down_proj"
+        mask = unpack_bits(f.get_tensor(f"nmx_mask.{name}"), 1, shapes[name][0] * shapes[name][1])
+        mask = mask.reshape(shapes[name]).bool()
+        weight = f.get_tensor(f"{name}.weight")
+    assert check_nm(mask, 2, 4) == 0 and mask.sum() == mask.numel() // 2 and (weight[~mask] == 0).all()
 
 
 def test_sparsity_formats_table(capsys, monkeypatch):

