@@ -42,7 +42,7 @@ def study(
         "evaluation": {"text": eval_text, "seq_len": seq_len, "max_windows": windows},
     }
     recipes = [(label, load_recipe(base={**base, **extra})) for label, extra in STUDY]  # all valid before work
-    loaded = load_model(model)
+    loaded = load_model(model, recipes[0][1].device)
     pristine = copy.deepcopy(loaded.model)
     rows = []
     for i, (label, recipe) in enumerate(recipes):

@@ -88,10 +88,19 @@ class Evaluation(_Strict):
 
 class Recipe(_Strict):
     model: str = DEFAULT_MODEL
+    #: "auto" (a CUDA GPU where there is one, else the CPU), "cpu", "cuda" or "cuda:N"
+    device: str = "auto"
     calibration: Calibration = Field(default_factory=Calibration)
     sparsity: Optional[Sparsity] = None
     quantization: Optional[Quantization] = None
     evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -42,7 +42,7 @@ def run(
     """Run the recipe; write DIR/result.json, DIR/report.md, DIR/recipe.yaml (and the model).
     `loaded`: an already loaded model to modify (its weights change in place)."""
     t0 = time.perf_counter()
-    loaded = loaded if loaded is not None else load_model(recipe.model)
+    loaded = loaded if loaded is not None else load_model(recipe.model, recipe.device)
     ev = recipe.evaluation
     text = load_text(ev.text)  # fail on a missing text before the long part
     record = compress(loaded, recipe, progress)

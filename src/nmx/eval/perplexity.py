@@ -31,6 +31,7 @@ class Protocol:
     tokens_scored: int
     text_tokens: int
     dtype: str
+    device: str
     first_token_is_bos: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None, what: s
 @torch.inference_mode()
 def window_nll(model: Any, window: torch.Tensor) -> float:
     """Summed negative log-likelihood (float64) of tokens 1.. of one window given the ones before."""
+    window = window.to(next(model.parameters()).device)
     logits = model(window.unsqueeze(0)).logits[0, :-1].float()
     return float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").double())
 
@@ -89,6 +91,7 @@ def perplexity(
         seq_len=seq_len, stride=seq_len, windows=len(wins), windows_available=ids.numel() // seq_len,
         tokens_scored=scored, text_tokens=ids.numel(),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        device=str(next(model.parameters()).device),
         first_token_is_bos=bool(ids[0] == getattr(tokenizer, "bos_token_id", None)),
     )
     return {"perplexity": math.exp(total / scored), "nll": total, "eval_tokens": scored, "protocol": protocol.as_dict()}

@@ -82,7 +82,7 @@ def _as_float32(x: Any) -> torch.Tensor:
             raise InputError(f"expected a tensor or array of numbers, got {type(x).__name__}") from err
     if x.is_complex() or x.dtype == torch.bool:
         raise InputError(f"formats quantize real numbers; got a tensor of {x.dtype}")
-    return x.detach().to(device="cpu", dtype=torch.float32) if x.device.type != "cpu" else x.detach().float()
+    return x.detach().float()
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:
@@ -168,7 +168,8 @@ class Format(ABC):
         """Packed codes and scales (uint8 buffers); `decode` inverts it exactly."""
         x, layout, blocks = self._blocks(x, dim)
         if blocks is None:
-            return Encoded(self.name, tuple(x.shape), layout.dim, {"codes": torch.zeros(0, dtype=torch.uint8)})
+            return Encoded(self.name, tuple(x.shape), layout.dim,
+                           {"codes": torch.zeros(0, dtype=torch.uint8, device=x.device)})
         elements, scales = self._split(blocks, make_generator(self.rounding, seed))
         buffers = {"codes": pack_bits(self.element.encode(elements), self.code_bits)}
         buffers.update(self._scale_buffers(scales))
@@ -181,7 +182,7 @@ class Format(ABC):
             raise FormatError(f"this tensor was encoded as {encoded.format}, not {self.name}")
         layout = self._layout(encoded.shape, encoded.dim)
         if math.prod(encoded.shape) == 0:
-            return torch.zeros(encoded.shape, dtype=torch.float32)
+            return torch.zeros(encoded.shape, dtype=torch.float32, device=encoded.buffers["codes"].device)
         nblocks, block = layout.nblocks, layout.block
         codes = unpack_bits(encoded.buffers["codes"], self.code_bits, nblocks * block)
         # (nblocks, block) elements and (nblocks, 1) scales: _join only broadcasts

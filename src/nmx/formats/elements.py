@@ -226,7 +226,7 @@ class FloatElement:
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Codes (int32) of values already on this format's grid (see `round`)."""
-        vals, codes = self._sorted_magnitudes
+        vals, codes = (t.to(values.device) for t in self._sorted_magnitudes)
         a = values.abs()
         idx = torch.searchsorted(vals, a.contiguous()).clamp(max=len(vals) - 1)
         out = codes[idx]
@@ -256,7 +256,8 @@ class FloatElement:
         return torch.from_numpy(self.table.astype(np.float32))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self._decode_table[codes.long()]
+        table = self._decode_table
+        return (table if codes.device == table.device else table.to(codes.device))[codes.long()]
 
 
 @dataclass(frozen=True)

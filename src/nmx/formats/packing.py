@@ -78,7 +78,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
         per = 8 // bits
         pad = (-c.numel()) % per
         c = torch.nn.functional.pad(c, (0, pad)).reshape(-1, per)
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = torch.arange(per, dtype=torch.int32, device=c.device) * bits
         return (c << shifts).sum(dim=1).to(torch.uint8)
     return _pack_general(c.to(torch.int64), bits)
 
@@ -96,6 +96,6 @@ def unpack_bits(buf: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         return b[:, 0] | (b[:, 1] << 8)
     if 8 % bits == 0:
         per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = torch.arange(per, dtype=torch.int32, device=b.device) * bits
         return ((b.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
     return _unpack_general(b, bits, count)

@@ -41,7 +41,7 @@ def round_int(v: torch.Tensor, mode: Rounding, generator: torch.Generator | None
         return torch.trunc(v)
     if generator is None:
         raise FormatError("stochastic rounding needs a seed")
-    u = torch.rand(v.shape, generator=generator, dtype=v.dtype)
+    u = torch.rand(v.shape, generator=generator, dtype=v.dtype).to(v.device)  # CPU draw: same on any device
     return torch.floor(v + u)
 
 

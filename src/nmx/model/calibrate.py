@@ -37,10 +37,11 @@ def capture_first_layer_inputs(model: Any, samples: torch.Tensor) -> tuple[list[
         raise _Captured
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    device = next(model.parameters()).device
     try:
         for sample in samples:
             try:
-                model(sample.unsqueeze(0), use_cache=False)
+                model(sample.unsqueeze(0).to(device), use_cache=False)
             except _Captured:
                 pass
     finally:

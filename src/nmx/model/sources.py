@@ -83,8 +83,25 @@ def _builtin_smollm2() -> LoadedModel:
     return LoadedModel(model, tokenizer, DEFAULT_MODEL, source, [BASELINE_NOTE])
 
 
-def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
-    """Load `spec`: 'smollm2-135m', a folder with config.json, a .gguf file, or a Hub id."""
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu or auto")
+    return torch.device(device)
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
+    """Load `spec` ('smollm2-135m', a folder with config.json, a .gguf file, or a Hub id) onto
+    `device` (float32)."""
+    target = resolve_device(device)
+    loaded = _load(spec)
+    loaded.model.to(target)
+    loaded.source["device"] = str(target)
+    return loaded
+
+
+def _load(spec: str) -> LoadedModel:
     _quiet_transformers()
     if spec in BUILTIN:
         return _builtin_smollm2()

@@ -30,6 +30,6 @@ def attach_activation_quant(linears: dict[str, torch.nn.Linear], fmt_name: str) 
 
     def hook(_module, args):
         x = args[0]
-        return (fmt.quantize(x, dim=-1).to(device=x.device, dtype=x.dtype), *args[1:])  # formats run on CPU
+        return (fmt.quantize(x, dim=-1).to(x.dtype), *args[1:])
 
     return [m.register_forward_pre_hook(hook) for m in linears.values()]
