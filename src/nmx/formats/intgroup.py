@@ -26,6 +26,12 @@ from nmx.formats.rounding import Rounding, round_int
 FP16_MAX = 65504.0
 
 
+def _div(x: torch.Tensor, scalar: float) -> torch.Tensor:
+    """x / scalar, correctly rounded on every device (CUDA turns a division by a Python scalar
+    into a multiplication by its rounded reciprocal, which can differ in the last bit)."""
+    return x / x.new_tensor(scalar)
+
+
 def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
     return raw.clamp(max=FP16_MAX).to(torch.float16).to(torch.float32)
 
@@ -76,11 +82,11 @@ class IntGroupFormat(Format):
         el = self._element
         if self.symmetric:
             amax = block_absmax(blocks)
-            return torch.where(torch.isfinite(amax), _fp16_scale(amax / el.qmax), torch.nan), None
+            return torch.where(torch.isfinite(amax), _fp16_scale(_div(amax, el.qmax)), torch.nan), None
         lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
         hi = blocks.amax(dim=-1, keepdim=True).clamp(min=0.0)
         finite = torch.isfinite(lo) & torch.isfinite(hi)
-        scale = torch.where(finite, _fp16_scale((hi - lo) / el.qmax), torch.nan)
+        scale = torch.where(finite, _fp16_scale(_div(hi - lo, el.qmax)), torch.nan)
         zero = torch.round(-lo.double() / scale.double()).clamp(0, el.qmax).float()  # float64: exact
         return scale, torch.where(scale > 0, zero, 0.0)
 

@@ -30,7 +30,7 @@ UE4M3_NAN = 0x7F
 def tensor_scale(blocks: torch.Tensor) -> torch.Tensor:
     a = blocks.abs()
     amax = torch.where(torch.isfinite(a), a, 0.0).max()
-    s = amax / (E4M3_MAX * FP4_E2M1.max)
+    s = amax / amax.new_tensor(E4M3_MAX * FP4_E2M1.max)  # a tensor divisor: IEEE division on CUDA too
     return torch.where(s > 0, s, 1.0).to(torch.float32)
 
 
