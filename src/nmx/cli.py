@@ -255,6 +255,22 @@ def sparsity_formats(
         console.print(storage_table_view(rows_, f"compressed storage of a {rows}x{cols} matrix"))
 
 
+hw_app = typer.Typer(help="Hardware cost: GPU targets, accelerator models, Timeloop cases, nonlinear units.",
+                     no_args_is_help=True)
+app.add_typer(hw_app, name="hw")
+
+
+def _register_hw() -> None:
+    # each part of nmx.hw keeps its commands next to its code; they import from here lazily
+    from nmx.hw import cli_accel, cli_explore, cli_gpu, cli_nonlinear, cli_timeloop
+
+    for part in (cli_gpu, cli_accel, cli_timeloop, cli_nonlinear):
+        part.register(hw_app)
+    cli_explore.register(app)  # `nmx explore` is a top-level verb
+
+
+_register_hw()
+
 MULTI_VALUE = ("--density", "--sparsity", "--value-bits")
 
 

@@ -24,11 +24,10 @@ from nmx.quant import attach_activation_quant, quantize_weights
 from nmx.recipe import Recipe
 from nmx.sparsity.methods import LayerStats, get_method
 from nmx.sparsity.patterns import NMPattern, parse_pattern
-from nmx.sparsity.storage import UNSTRUCTURED_CANDIDATES, best_format, get_storage
+from nmx.sparsity.storage import weight_storage
 
 log = logging.getLogger(__name__)
 
-UNQUANTIZED_BITS = 16  # weights without a format are counted as bf16, how they are deployed
 
 
 def _prune_with_calibration(
@@ -108,28 +107,15 @@ def _quant_targets(model: Any, qz: Any) -> dict[str, torch.nn.Linear]:
 
 
 def layer_bits(weight: torch.Tensor, weight_fmt: str | None, pattern: Any | None) -> dict[str, Any]:
-    """Storage of one weight: values at the format's element bits in the smallest sparse format
-    for its real density (N:M storage for an N:M pattern), plus scales (per block of the dense
-    layout, padding included), in bits."""
+    """Storage of one weight for its real density (see `nmx.sparsity.storage.weight_storage`)."""
     rows, cols = weight.shape
-    n = rows * cols
     nonzero = int((weight != 0).sum())
-    fmt = formats.get(weight_fmt) if weight_fmt else None
-    value_bits = fmt.code_bits if fmt else UNQUANTIZED_BITS
-    scale_bits = (8 * fmt.storage_bytes((rows, cols)) - n * fmt.code_bits) if fmt else 0
-    density = nonzero / n
-    if isinstance(pattern, NMPattern):  # the smaller of the two index encodings
-        names = (f"nm{pattern.n}:{pattern.m}", f"nm{pattern.n}:{pattern.m}_comb")
-        storage, bits = min(((s, get_storage(s).expected_bits((rows, cols), pattern.density, value_bits))
-                             for s in names), key=lambda sb: sb[1])
-        if density > pattern.density + 1e-9:
-            raise AssertionError(f"weight holds {density:.3f} of nonzeros, more than {pattern} allows")
-    elif pattern is not None:  # an unstructured mask: N:M storage cannot hold it
-        storage, bits = best_format((rows, cols), density, value_bits, candidates=UNSTRUCTURED_CANDIDATES)
-    else:
-        storage, bits = "dense", float(n * value_bits)
-    return {"shape": [rows, cols], "nonzero": nonzero, "sparsity": 1 - density, "value_bits": value_bits,
-            "storage": storage, "bits": bits + scale_bits, "bits_per_weight": (bits + scale_bits) / n}
+    density = nonzero / (rows * cols)
+    if isinstance(pattern, NMPattern) and density > pattern.density + 1e-9:
+        raise AssertionError(f"weight holds {density:.3f} of nonzeros, more than {pattern} allows")
+    st = weight_storage((rows, cols), density, weight_fmt, pattern)
+    return {"shape": [rows, cols], "nonzero": nonzero, "sparsity": 1 - density, "value_bits": st["value_bits"],
+            "storage": st["storage"], "bits": st["bits"], "bits_per_weight": st["bits_per_weight"]}
 
 
 def account(linears: dict[str, torch.nn.Linear], pruned: set[str], quantized: set[str], recipe: Recipe) -> dict:

@@ -202,3 +202,43 @@ def storage_table(
                     else "uniformly random nonzeros",
                 })  # fmt: skip
     return table
+
+
+#: weights without a number format are counted as bf16, the way they are deployed
+UNQUANTIZED_BITS = 16
+
+
+def weight_storage(
+    shape: tuple[int, int], density: float = 1.0, weight_format: str | None = None, pattern: Any = None
+) -> dict[str, Any]:
+    """What a weight [rows, cols] costs to store: its values at the format's element bits in the
+    smallest sparse storage for its density (N:M storage, the smaller index encoding, for an N:M
+    pattern; the best unstructured format for an unstructured mask; dense without one), plus the
+    format's scales per block of the dense layout (padding included). Returns storage (the
+    format's name), bits, value_bits, scale_bits, bits_per_weight.
+
+    The one place weight bytes are sized: `nmx run` accounts its real masks with it and the
+    hardware workload (nmx.hw.workload) prices a recipe with it."""
+    from nmx import formats
+    from nmx.sparsity.patterns import NMPattern, parse_pattern
+
+    rows, cols = check_shape(shape)
+    density = check_density(density)
+    n = rows * cols
+    pattern = parse_pattern(pattern) if pattern is not None and not hasattr(pattern, "density") else pattern
+    fmt = formats.get(weight_format) if weight_format else None
+    value_bits = fmt.code_bits if fmt else UNQUANTIZED_BITS
+    scale_bits = (8 * fmt.storage_bytes((rows, cols)) - n * fmt.code_bits) if fmt else 0
+    if isinstance(pattern, NMPattern):
+        if density > pattern.density + 1e-9:
+            raise InputError(f"a density of {density:.3f} is more than pattern {pattern} keeps")
+        names = (f"nm{pattern.n}:{pattern.m}", f"nm{pattern.n}:{pattern.m}_comb")
+        storage, bits = min(((s, get_storage(s).expected_bits((rows, cols), pattern.density, value_bits))
+                             for s in names), key=lambda sb: sb[1])
+    elif pattern is not None:  # an unstructured mask: N:M storage cannot hold it
+        storage, bits = best_format((rows, cols), density, value_bits, candidates=UNSTRUCTURED_CANDIDATES)
+    else:
+        storage, bits = "dense", float(n * value_bits)
+    total = bits + scale_bits
+    return {"storage": storage, "bits": total, "value_bits": value_bits, "scale_bits": scale_bits,
+            "bits_per_weight": total / n if n else 0.0}

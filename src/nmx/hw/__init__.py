@@ -1,0 +1,9 @@
+"""The hardware half of co-design: what a model + recipe costs.
+
+    workload   the operations of a prefill or a decode step (GEMMs, attention, KV bytes, norms)
+    gpu        roofline GPU targets calibrated on measured kernels (H100)
+    accel      a parametric, vectorized sparse accelerator model (PEs, memory, dataflow)
+    timeloop   a reader/evaluator for the Timeloop/Sparseloop v0.3 YAML dialect
+    nonlinear  softmax / SiLU / GELU units: LUT, piecewise-linear, CORDIC, with their cost
+    explore    many design points at once, Pareto fronts, accuracy joined with cost
+"""
