@@ -1,0 +1,374 @@
+"""The operations of one LLM forward step, with the bytes and FLOPs a recipe leaves them.
+
+    from nmx.hw.workload import Compression, llm_workload
+    w = llm_workload("llama-2-7b", "decode", batch=1, context=4096,
+                     compression=Compression(weights="mxfp4", pattern="2:4", kv_format="int4_g32"))
+    for op in w.ops: op.name, op.kind, op.count, op.flops, op.bytes_read, ...
+
+A model is a `ModelShape` (shapes only, no weights): a built-in preset, a Hugging Face config
+(dict, `config.json` or its folder), or the folder of an `nmx run` result (its recipe and the
+per-layer storage of its real masks). Ops follow the Llama block: RMSNorm, q/k/v/o projections,
+attention (QK^T, softmax, PV; GQA when heads_kv < heads_q), RMSNorm, gate/up/down projections with
+SiLU(gate)*up; then the final norm and the LM head. Every op carries `count`, how many identical
+instances run in the step (the number of decoder layers for the per-layer ops).
+
+Byte counts are the minimum an implementation must move through device memory: each input read
+once, each output written once. Weight bytes come from `nmx.sparsity.storage.weight_storage`
+(values at the format's element bits in the smallest storage for the pattern's density, plus
+index metadata and scales) and KV bytes from `nmx.formats` storage sizes -- never re-derived here.
+
+Conventions: GEMM (m, n, k) = (tokens, out features, in features); prefill processes `tokens`
+tokens per sequence (M = batch * tokens) with a causal mask; one decode step adds one token per
+sequence to a cache of `context` tokens (M = batch, kv_len = context + 1). Unquantized tensors
+(activations, weights without a format, KV without a format) are bf16.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from nmx.errors import InputError
+from nmx.model.layers import DEFAULT_TARGETS
+
+BF16_BYTES = 2
+Phase = Literal["prefill", "decode"]
+PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shapes of a Llama-style decoder (gated SiLU MLP, RMSNorm, RoPE, GQA)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for f in ("hidden", "intermediate", "layers", "heads_q", "heads_kv", "head_dim", "vocab"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"model shape {self.name!r}: {f} must be a positive integer, got {v!r}")
+        if self.heads_q % self.heads_kv:
+            raise InputError(f"model shape {self.name!r}: heads_q={self.heads_q} is not a multiple of "
+                             f"heads_kv={self.heads_kv} (GQA groups must be whole)")
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """The per-layer linear layers as HF names them: name -> (out_features, in_features)."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads_q * self.head_dim, self.heads_kv * self.head_dim
+        return {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+                "self_attn.o_proj": (h, q), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h),
+                "mlp.down_proj": (h, i)}
+
+    @property
+    def parameters(self) -> int:
+        per_layer = sum(o * i for o, i in self.linears().values()) + 2 * self.hidden
+        embed = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * per_layer + embed + self.hidden
+
+
+# Shapes from each model's published config.json on the Hugging Face Hub.
+PRESETS: dict[str, ModelShape] = {s.name: s for s in (
+    ModelShape("llama-2-7b", 4096, 11008, 32, 32, 32, 128, 32000),        # meta-llama/Llama-2-7b-hf
+    ModelShape("llama-3-8b", 4096, 14336, 32, 32, 8, 128, 128256),        # meta-llama/Meta-Llama-3-8B
+    ModelShape("llama-3-70b", 8192, 28672, 80, 64, 8, 128, 128256),       # meta-llama/Meta-Llama-3-70B
+    ModelShape("mistral-7b", 4096, 14336, 32, 32, 8, 128, 32000),         # mistralai/Mistral-7B-v0.1
+    ModelShape("qwen2.5-7b", 3584, 18944, 28, 28, 4, 128, 152064),        # Qwen/Qwen2.5-7B (qkv biases ignored)
+    ModelShape("smollm2-135m", 576, 1536, 30, 9, 3, 64, 49152, True),     # HuggingFaceTB/SmolLM2-135M-Instruct
+)}
+
+
+def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
+    """A ModelShape from a HF config: a `PretrainedConfig`, a dict, a config.json path or its folder."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the model config {path}: {err}") from None
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    try:
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        return ModelShape(
+            name=name or cfg.get("_name_or_path") or cfg.get("model_type") or "model",
+            hidden=hidden, intermediate=int(cfg["intermediate_size"]), layers=int(cfg["num_hidden_layers"]),
+            heads_q=heads, heads_kv=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads), vocab=int(cfg["vocab_size"]),
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    except KeyError as err:
+        raise InputError(f"the model config has no {err.args[0]!r}: nmx models Llama-style decoders "
+                         "(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size)") from None
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What a recipe does to the step: weight / activation formats on the targeted linears, a
+    sparsity pattern on them, and a KV-cache format. `layer_bits` (from a result folder) gives
+    the real storage of each linear, name -> bits per instance, overriding the estimate."""
+
+    weights: str | None = None
+    activations: str | None = None
+    pattern: str | None = None
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    kv_format: str | None = None
+    layer_bits: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        from nmx import formats
+        from nmx.sparsity.patterns import parse_pattern
+
+        for f in ("weights", "activations", "kv_format"):
+            if getattr(self, f):
+                formats.get(getattr(self, f))  # raises a FormatError naming the bad name
+        if self.pattern is not None:
+            parse_pattern(self.pattern)
+
+    def targets_layer(self, name: str) -> bool:
+        full = f"model.layers.0.{name}"
+        return any(fnmatchcase(full, t) for t in self.targets)
+
+    def describe(self) -> str:
+        parts = [f"weights {self.weights or 'bf16'}", f"sparsity {self.pattern or 'none'}",
+                 f"activations {self.activations or 'bf16'}", f"KV {self.kv_format or 'bf16'}"]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a step (per instance; `count` instances run). Fields that do not apply
+    to an op's kind stay at their defaults."""
+
+    name: str
+    kind: Literal["gemm", "attention", "norm", "activation", "embedding"]
+    count: int
+    flops: float
+    bytes_read: float
+    bytes_written: float
+    # gemm: [m, k] x [k, n]
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    weight_format: str | None = None
+    act_format: str | None = None
+    pattern: str | None = None
+    weight_density: float = 1.0
+    weight_bytes: float = 0.0
+    # attention
+    batch: int = 0
+    q_len: int = 0
+    kv_len: int = 0
+    heads_q: int = 0
+    heads_kv: int = 0
+    head_dim: int = 0
+    causal: bool = False
+    kv_format: str | None = None
+    kv_bytes_read: float = 0.0
+    kv_bytes_written: float = 0.0
+    # elementwise and nonlinear work (exp of softmax, sigmoid of SiLU, rsqrt of RMSNorm)
+    elements: int = 0
+    nonlinear: str | None = None
+
+    @property
+    def macs(self) -> float:
+        return self.flops / 2
+
+    @property
+    def bytes(self) -> float:
+        return self.bytes_read + self.bytes_written
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (0, 0.0, None, False) or k in ("name", "kind")}
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: ModelShape
+    phase: str
+    batch: int
+    tokens: int  # new tokens per sequence in this step (prefill length, or 1)
+    context: int  # tokens already in the cache before the step
+    compression: Compression
+    ops: tuple[Op, ...] = field(default=())
+
+    def total(self, attr: str) -> float:
+        return sum(getattr(op, attr) * op.count for op in self.ops)
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV-cache bytes one token occupies, summed over layers."""
+        return kv_bytes(self.model, 1, self.compression.kv_format) * self.model.layers
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model.name, "phase": self.phase, "batch": self.batch, "tokens": self.tokens,
+                "context": self.context, "compression": self.compression.describe(),
+                "flops": self.total("flops"), "bytes_read": self.total("bytes_read"),
+                "bytes_written": self.total("bytes_written"), "weight_bytes": self.total("weight_bytes"),
+                "kv_bytes_read": self.total("kv_bytes_read"), "kv_bytes_written": self.total("kv_bytes_written"),
+                "kv_bytes_per_token": self.kv_bytes_per_token}
+
+
+def kv_bytes(model: ModelShape, tokens: int, kv_format: str | None) -> float:
+    """Bytes of K and V for `tokens` tokens of one layer (blocks of a format run along head_dim)."""
+    rows = tokens * model.heads_kv
+    if kv_format is None:
+        return 2.0 * rows * model.head_dim * BF16_BYTES
+    from nmx import formats
+
+    return 2.0 * formats.get(kv_format).storage_bytes((rows, model.head_dim))
+
+
+def _act_bytes(elements: int, fmt: str | None) -> float:
+    if fmt is None:
+        return float(elements * BF16_BYTES)
+    from nmx import formats
+
+    return formats.get(fmt).storage_bytes((1, elements)) if elements else 0.0
+
+
+def gemm_op(name: str, m: int, n: int, k: int, count: int = 1, weights: str | None = None,
+            activations: str | None = None, pattern: str | None = None, weight_bits: float | None = None) -> Op:
+    """A linear layer y[m, n] = x[m, k] W[n, k]^T with W stored per `weights`/`pattern`."""
+    from nmx.sparsity.patterns import parse_pattern
+    from nmx.sparsity.storage import weight_storage
+
+    density = parse_pattern(pattern).density if pattern is not None else 1.0
+    if weight_bits is None:
+        weight_bits = weight_storage((n, k), density, weights, pattern)["bits"]
+    wb = weight_bits / 8
+    return Op(name, "gemm", count, flops=2.0 * m * n * k, bytes_read=wb + _act_bytes(m * k, activations),
+              bytes_written=float(m * n * BF16_BYTES), m=m, n=n, k=k, weight_format=weights, act_format=activations,
+              pattern=pattern, weight_density=density, weight_bytes=wb)
+
+
+def attention_op(name: str, batch: int, q_len: int, kv_len: int, heads_q: int, heads_kv: int, head_dim: int,
+                 count: int = 1, kv_format: str | None = None, causal: bool = False, new_kv: int | None = None,
+                 model: ModelShape | None = None) -> Op:
+    """softmax(Q K^T / sqrt(d)) V over a cache of kv_len tokens; `new_kv` tokens (default q_len)
+    are appended to the cache. With `causal`, query i sees kv_len - q_len + i + 1 keys."""
+    for label, v in (("batch", batch), ("q_len", q_len), ("kv_len", kv_len), ("heads_q", heads_q),
+                     ("heads_kv", heads_kv), ("head_dim", head_dim)):
+        if v < 1:
+            raise InputError(f"attention: {label} must be at least 1, got {v}")
+    if heads_q % heads_kv:
+        raise InputError(f"attention: heads_q={heads_q} is not a multiple of heads_kv={heads_kv}")
+    if q_len > kv_len:
+        raise InputError(f"attention: q_len={q_len} is longer than kv_len={kv_len} (the cache includes the queries)")
+    new_kv = q_len if new_kv is None else new_kv
+    # score pairs per head: all q_len x kv_len, or the causal triangle's part
+    pairs = q_len * kv_len - (q_len * (q_len - 1) // 2 if causal else 0)
+    flops = 4.0 * batch * heads_q * pairs * head_dim  # QK^T and PV, 2 flops per MAC
+    shape = model or ModelShape("attention", heads_q * head_dim, 1, 1, heads_q, heads_kv, head_dim, 1)
+    kv_read = batch * kv_bytes(shape, kv_len - new_kv, kv_format)  # the cache before this step
+    kv_written = batch * kv_bytes(shape, new_kv, kv_format)
+    qo = 2.0 * batch * q_len * heads_q * head_dim * BF16_BYTES  # Q read, O written
+    new_kv_in = 2.0 * batch * new_kv * heads_kv * head_dim * BF16_BYTES  # fresh K, V from the projections
+    return Op(name, "attention", count, flops=flops, bytes_read=qo / 2 + new_kv_in + kv_read,
+              bytes_written=qo / 2 + kv_written, batch=batch, q_len=q_len, kv_len=kv_len, heads_q=heads_q,
+              heads_kv=heads_kv, head_dim=head_dim, causal=causal, kv_format=kv_format, kv_bytes_read=kv_read,
+              kv_bytes_written=kv_written, elements=batch * heads_q * pairs, nonlinear="exp")
+
+
+def _elementwise(name: str, kind: str, count: int, rows: int, width: int, inputs: int, weights: int,
+                 flops_per: float, nonlinear: str) -> Op:
+    n = rows * width
+    return Op(name, kind, count, flops=flops_per * n, bytes_read=float((inputs * n + weights) * BF16_BYTES),
+              bytes_written=float(n * BF16_BYTES), elements=n if kind == "activation" else rows, nonlinear=nonlinear)
+
+
+def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode", *, batch: int = 1,
+                 tokens: int = 2048, context: int = 2048, compression: Compression | None = None) -> Workload:
+    """The ops of one prefill of `tokens` tokens per sequence, or of one decode step with
+    `context` tokens already cached, for `batch` sequences."""
+    shape, from_result = resolve_model(model)
+    comp = compression if compression is not None else (from_result or Compression())
+    if phase not in PHASES:
+        raise InputError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    for label, v in (("batch", batch), ("tokens", tokens)):
+        if v < 1:
+            raise InputError(f"{label} must be at least 1, got {v}")
+    if context < 0:
+        raise InputError(f"context must be at least 0, got {context}")
+    q = tokens if phase == "prefill" else 1
+    ctx = 0 if phase == "prefill" else context
+    m, L, s = batch * q, shape.layers, shape
+    real_bits = dict(comp.layer_bits)
+    ops: list[Op] = [Op("embed_tokens", "embedding", 1, flops=0.0, bytes_read=float(m * s.hidden * BF16_BYTES),
+                        bytes_written=float(m * s.hidden * BF16_BYTES))]
+    norm = _elementwise("input_layernorm", "norm", L, m, s.hidden, 1, s.hidden, 4.0, "rsqrt")
+    ops.append(norm)
+    for name, (n, k) in s.linears().items():
+        on = comp.targets_layer(name)
+        ops.append(gemm_op(name, m, n, k, L, weights=comp.weights if on else None,
+                           activations=comp.activations if on else None, pattern=comp.pattern if on else None,
+                           weight_bits=real_bits.get(name)))
+        if name == "self_attn.v_proj":
+            ops.append(attention_op("self_attn.attention", batch, q, ctx + q, s.heads_q, s.heads_kv, s.head_dim,
+                                    L, comp.kv_format, causal=phase == "prefill", model=s))
+        if name == "self_attn.o_proj":
+            ops.append(replace(norm, name="post_attention_layernorm"))
+        if name == "mlp.up_proj":
+            ops.append(_elementwise("mlp.act_fn", "activation", L, m, s.intermediate, 2, 0, 5.0, "sigmoid"))
+    ops.append(replace(norm, name="norm", count=1))
+    # the LM head scores every position in prefill only where logits are needed; we count the last one
+    lm_m = batch
+    ops.append(gemm_op("lm_head", lm_m, s.vocab, s.hidden, 1))
+    return Workload(s, phase, batch, q, ctx, comp, tuple(ops))
+
+
+def resolve_model(model: str | ModelShape | Path | dict) -> tuple[ModelShape, Compression | None]:
+    """A preset name, a ModelShape, a HF config (dict / file / folder) or an `nmx run` result
+    folder (which also gives the recipe's compression and the real per-layer storage)."""
+    if isinstance(model, ModelShape):
+        return model, None
+    if isinstance(model, dict):
+        return shape_from_config(model), None
+    key = str(model)
+    if key in PRESETS:
+        return PRESETS[key], None
+    path = Path(key)
+    if (path / "result.json").is_file():
+        return _from_result(path)
+    if path.is_file() or (path / "config.json").is_file():
+        return shape_from_config(path), None
+    raise InputError(f"unknown model {key!r}: give a preset ({', '.join(PRESETS)}), a HF config.json or its "
+                     "folder, or the output folder of `nmx run` (with result.json)")
+
+
+def _from_result(folder: Path) -> tuple[ModelShape, Compression]:
+    try:
+        result = json.loads((folder / "result.json").read_text())
+        recipe = result["recipe"]
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{folder / 'result.json'} is not an nmx result ({err})") from None
+    shape_rec = result.get("model", {}).get("shape")
+    if shape_rec:
+        shape = ModelShape(**shape_rec)
+    elif recipe.get("model") in PRESETS:
+        shape = PRESETS[recipe["model"]]
+    else:
+        raise InputError(f"{folder}: the result names model {recipe.get('model')!r}, which is no preset, and holds "
+                         "no model shape; re-run it with this nmx version")
+    sp, qz = recipe.get("sparsity") or {}, recipe.get("quantization") or {}
+    targets = tuple(sp.get("targets") or qz.get("targets") or DEFAULT_TARGETS)
+    # real storage of the masks that were applied, averaged over the decoder layers
+    sums: dict[str, list[float]] = {}
+    for full, rec in (result.get("layers") or {}).items():
+        short = full.split(".", 3)[-1] if full.startswith("model.layers.") else full
+        sums.setdefault(short, []).append(float(rec["bits"]))
+    bits = tuple((k, sum(v) / len(v)) for k, v in sorted(sums.items()))
+    return shape, Compression(weights=qz.get("weights"), activations=qz.get("activations"),
+                              pattern=sp.get("pattern"), targets=targets,
+                              kv_format=(recipe.get("kv_cache") or {}).get("quant", {}).get("format")
+                              if isinstance(recipe.get("kv_cache"), dict) else None,
+                              layer_bits=bits)
