@@ -1,9 +1,189 @@
-"""CLI commands of nmx.hw (gpu); `register` adds them to the `nmx hw` group."""
+"""CLI commands of nmx.hw (GPU targets and the LLM workload); `register` adds them to `nmx hw`."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
 import typer
+
+from nmx.errors import InputError
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def _read_shapes(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+    if not rows:
+        raise InputError(f"{path} has no rows: write a header line ({','.join(required)}) and one row per shape")
+    missing = [c for c in required if c not in rows[0]]
+    if missing:
+        raise InputError(f"{path} lacks the column(s) {', '.join(missing)} (it has {', '.join(rows[0])})")
+    return rows
+
+
+def _int(row: dict[str, str], key: str) -> int:
+    try:
+        return int(row[key])
+    except (TypeError, ValueError):
+        raise InputError(f"column {key!r} must be an integer, got {row[key]!r}") from None
+
+
+def _each_row(path: Path, required: tuple[str, ...], call: Callable[[dict[str, str], int], dict]) -> list[dict]:
+    out = []
+    for line, row in enumerate(_read_shapes(path, required), start=2):
+        try:
+            out.append(call(row, line))
+        except InputError as err:
+            raise InputError(f"{path} line {line}: {err}") from None
+    return out
+
+
+def _table(results: list[dict], cols: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*cols)
+    for r in results:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    Console(width=160).print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
 
 
 def register(hw_app: typer.Typer) -> None:
-    """Add this module's commands to `nmx hw` (nothing yet)."""
+    """Add `nmx hw targets | gemm | attention | llm`."""
+
+    @hw_app.command("targets")
+    def targets(as_json: bool = typer.Option(False, "--json")) -> None:
+        """The GPU targets: peaks, bandwidth, calibration and sources."""
+        from nmx.hw.gpu import PRESETS
+
+        rows = [{"name": t.name, "sms": t.sms, "bandwidth_bytes_per_s": t.bandwidth_bytes_per_s,
+                 "peak_flops": t.peak_flops, "sparse_24": t.sparse_24, "calibration": t.calibration,
+                 "source": t.source} for t in PRESETS.values()]
+        if as_json:
+            _echo_json(rows)
+            return
+        _table([{**r, "bandwidth TB/s": r["bandwidth_bytes_per_s"] / 1e12,
+                 "bf16 TFLOP/s": r["peak_flops"].get("bf16", 0) / 1e12,
+                 "dtypes": " ".join(r["peak_flops"])} for r in rows],
+               ("name", "sms", "bandwidth TB/s", "bf16 TFLOP/s", "dtypes", "calibration"))
+
+    @hw_app.command("gemm")
+    def gemm_cmd(
+        target: str = typer.Option("h100-sxm", "--target", help="GPU preset (nmx hw targets)."),
+        m: Optional[int] = typer.Option(None, "--m", help="Tokens (rows of x)."),
+        n: Optional[int] = typer.Option(None, "--n", help="Output features."),
+        k: Optional[int] = typer.Option(None, "--k", help="Input features (the reduction)."),
+        dtype: str = typer.Option("bf16", "--dtype", help="Tensor-core dtype: bf16 fp16 fp8 int8 fp4 tf32."),
+        sparsity: Optional[str] = typer.Option(None, "--sparsity", help="2:4 uses sparse tensor cores."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="nmx weight format (bytes; dequantized "
+                                                                       "in registers unless native)."),
+        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today) or ideal."),
+        shapes: Optional[Path] = typer.Option(None, "--shapes", help="CSV with columns m,n,k[,dtype,sparsity]."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Latency of y = x W^T on a GPU target: memory-, compute- or overhead-bound."""
+        from nmx.hw.gpu import gemm
+
+        def one(row: dict[str, str], line: int) -> dict:
+            return gemm(target, _int(row, "m"), _int(row, "n"), _int(row, "k"),
+                        row.get("dtype") or dtype, row.get("sparsity") or sparsity, row.get("weights") or weights, impl)
+
+        if shapes is not None:
+            results = _each_row(shapes, ("m", "n", "k"), one)
+        else:
+            if None in (m, n, k):
+                raise InputError("give --m, --n and --k (or --shapes FILE.csv)")
+            results = [gemm(target, m, n, k, dtype, sparsity, weights, impl)]
+        if as_json:
+            _echo_json(results if shapes is not None else results[0])
+        else:
+            _table([{**r, "latency_us": r["latency_s"] * 1e6} for r in results],
+                   ("target", "m", "n", "k", "latency_us", "bound", "dtype", "sparsity", "weights", "bytes"))
+
+    @hw_app.command("attention")
+    def attention_cmd(
+        target: str = typer.Option("h100-sxm", "--target"),
+        batch: Optional[int] = typer.Option(None, "--batch"),
+        q_len: int = typer.Option(1, "--q-len", help="Query tokens per sequence (1 = decode)."),
+        kv_len: Optional[int] = typer.Option(None, "--kv-len", help="Tokens in the KV cache."),
+        heads_q: Optional[int] = typer.Option(None, "--heads-q"),
+        heads_kv: Optional[int] = typer.Option(None, "--heads-kv"),
+        head_dim: int = typer.Option(128, "--head-dim"),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format", help="nmx format of K and V (default bf16)."),
+        shapes: Optional[Path] = typer.Option(None, "--shapes",
+                                              help="CSV: batch,q_len,kv_len,heads_q,heads_kv[,head_dim,kv_format]."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Latency of fused attention over a (possibly quantized) KV cache."""
+        from nmx.hw.gpu import attention
+
+        def one(row: dict[str, str], line: int) -> dict:
+            g = lambda key: _int(row, key)  # noqa: E731
+            return attention(target, g("batch"), g("q_len"), g("kv_len"), g("heads_q"), g("heads_kv"),
+                             g("head_dim") if row.get("head_dim") else head_dim, row.get("kv_format") or kv_format)
+
+        if shapes is not None:
+            results = _each_row(shapes, ("batch", "q_len", "kv_len", "heads_q", "heads_kv"), one)
+        else:
+            if None in (batch, kv_len, heads_q, heads_kv):
+                raise InputError("give --batch, --kv-len, --heads-q and --heads-kv (or --shapes FILE.csv)")
+            results = [attention(target, batch, q_len, kv_len, heads_q, heads_kv, head_dim, kv_format)]
+        if as_json:
+            _echo_json(results if shapes is not None else results[0])
+        else:
+            _table([{**r, "latency_us": r["latency_s"] * 1e6} for r in results],
+                   ("target", "latency_us", "bound", "kv_format", "kv_bytes", "flops"))
+
+    @hw_app.command("llm")
+    def llm_cmd(
+        target: str = typer.Option("h100-sxm", "--target"),
+        model: str = typer.Option("llama-2-7b", "--model", help="Preset, HF config.json / folder, or an nmx run folder."),
+        phase: str = typer.Option("decode", "--phase", help="prefill or decode."),
+        batch: int = typer.Option(1, "--batch"),
+        tokens: int = typer.Option(2048, "--tokens", help="Prefill length per sequence."),
+        context: int = typer.Option(2048, "--context", help="Tokens already cached (decode)."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Override: weight format of the linears."),
+        activations: Optional[str] = typer.Option(None, "--activations"),
+        sparsity: Optional[str] = typer.Option(None, "--sparsity", help="Override: pattern of the linears."),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format"),
+        impl: str = typer.Option("pytorch", "--impl", help="pytorch or ideal."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Per-op latency table and totals of one prefill or decode step of an LLM."""
+        from dataclasses import replace
+
+        from nmx.hw.gpu import llm_cost
+        from nmx.hw.workload import Compression, llm_workload, resolve_model
+
+        _, from_result = resolve_model(model)
+        comp = from_result or Compression()
+        overrides = {k: v for k, v in (("weights", weights), ("activations", activations), ("pattern", sparsity),
+                                       ("kv_format", kv_format)) if v is not None}
+        if overrides:
+            comp = replace(comp, layer_bits=(), **overrides)  # the real per-layer bits no longer apply
+        work = llm_workload(model, phase, batch=batch, tokens=tokens, context=context, compression=comp)
+        cost = llm_cost(target, work, impl)
+        if as_json:
+            _echo_json(cost)
+            return
+        _table([{**r, "latency_us": r["latency_s"] * 1e6, "share": r["latency_s"] / cost["latency_s"]}
+                for r in cost["ops"]], ("name", "kind", "count", "latency_us", "share", "bound", "bytes", "flops"))
+        typer.echo(f"{cost['model']} {phase} on {cost['target']} ({cost['compression']}; batch {batch}"
+                   f"{', context ' + str(context) if phase == 'decode' else ', ' + str(tokens) + ' tokens'}): "
+                   f"{cost['latency_s'] * 1e3:.3f} ms, {cost['tokens_per_s']:.1f} tokens/s, mostly {cost['bound']}-bound; "
+                   f"{cost['bytes_read'] / 1e9:.3f} GB read; calibration: {cost['calibration']}")

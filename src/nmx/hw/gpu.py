@@ -1,0 +1,321 @@
+"""GPU targets: a roofline with the corrections that make it right in practice.
+
+Every kernel costs a launch (`launch_s`) plus the larger of its memory time and its compute time:
+
+    memory   bytes / (bandwidth * bw_eff[class]) + ramp_s * (1 - exp(-bytes / ramp_bytes))
+             (the ramp is the pipeline fill and tail a kernel pays before it streams at full rate:
+             nearly linear in size for small transfers, a constant for large ones)
+    compute  2 * M_pad * N_pad * K / (peak[dtype] * flops_eff[dtype])
+             (tile quantization: M padded to the MMA tile, 64 rows up to 64 tokens, 128 above;
+             N to 128; 2:4 sparse tensor cores double the peak)
+    gemm     launch + max(memory, compute), plus `sparse_call_s` per call on the
+             `pytorch` implementation of 2:4 (PyTorch's semi-structured path through cuSPARSELt
+             sets up a plan on every call: measured at 0.5 - 1.2 ms on an H200, see the data)
+    attention (decode and prefill) the same, with the KV cache's bytes (format-aware) and the
+             QK^T + PV flops at the bf16 rate
+    norms and activations: launch + memory, plus `row_s_per_element` * width for a norm (one
+             program reduces a row serially).
+
+Formats: `dtype` is what the tensor cores compute in (bf16, fp16, fp8, int8, fp4, tf32); it must be
+native on the chip. `weights` (an nmx format) sets the bytes the weights take (values, N:M index
+metadata and scales, by `nmx.sparsity.storage.weight_storage`); a weight format whose element the
+tensor cores do not take is dequantized in registers (a weight-only kernel, Marlin-style): its
+bytes shrink, its compute stays at `dtype`'s rate.
+
+Presets cite their datasheets; `h200` is calibrated on kernels measured on the lent H200
+(src/nmx/hw/data/h200_measured.csv, by benchmarks/gpu_calibrate.py; fitted by
+benchmarks/gpu_fit.py), `h100-sxm` shares its calibration (the same chip, other memory), and the
+other presets use the H200's efficiencies as defaults -- uncalibrated, and say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from nmx.errors import InputError
+
+DTYPES = ("bf16", "fp16", "fp8", "int8", "fp4", "tf32")
+IMPLS = ("pytorch", "ideal")
+ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp8": 1, "int8": 1, "fp4": 0.5}
+
+
+def native_dtype(weight_format: str | None) -> str | None:
+    """The tensor-core dtype that takes a weight format's elements as stored (None: dequantize first)."""
+    if weight_format is None:
+        return None
+    name = weight_format.removesuffix("_sr").removesuffix("_rz")
+    for prefix, dtype in (("mxfp8", "fp8"), ("fp8_", "fp8"), ("mxfp4", "fp4"), ("nvfp4", "fp4"),
+                          ("fp4_e2m1", "fp4"), ("mxint8", "int8"), ("int8", "int8"), ("bf16", "bf16"),
+                          ("fp16", "fp16")):
+        if name.startswith(prefix) and not name.endswith("_asym"):
+            return dtype
+    return None
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    name: str
+    sms: int
+    bandwidth_bytes_per_s: float  # datasheet peak of device memory
+    peak_flops: dict[str, float]  # dense tensor-core peak per dtype (FLOP/s; int8 in OP/s)
+    sparse_24: bool  # 2:4 sparse tensor cores (2x the dense peak)
+    l2_bytes: float
+    source: str
+    # achievable fractions and fixed costs (fitted on measurements where `calibration` says so)
+    bw_eff: dict[str, float] = field(default_factory=lambda: {"gemm": 0.8, "attention": 0.9, "elementwise": 0.8})
+    flops_eff: dict[str, float] = field(default_factory=lambda: {"bf16": 0.7, "fp8": 0.6})
+    launch_s: float = 5e-6
+    kernel_gap_s: float = 2.5e-6  # each further kernel queued behind the first
+    ramp_s: float = 5e-6
+    ramp_bytes: float = 2e7
+    row_s_per_element: float = 1.5e-9
+    sparse_call_s: float = 7e-4
+    calibration: str = "uncalibrated: generic defaults"
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if dtype not in self.peak_flops:
+            have = ", ".join(self.peak_flops)
+            raise InputError(f"{self.name} has no {dtype} tensor cores (it has {have}); compute in one of those "
+                             f"and give the weight format with --weights to model a dequantize-then-compute kernel")
+        return self.peak_flops[dtype] * (2 if sparse else 1)
+
+    def efficiency(self, dtype: str) -> float:
+        return self.flops_eff.get(dtype, self.flops_eff.get("bf16", 0.7))
+
+    def memory_s(self, nbytes: float, kind: str) -> float:
+        bw = self.bandwidth_bytes_per_s * self.bw_eff[kind]
+        return nbytes / bw + self.ramp_s * (1.0 - math.exp(-nbytes / self.ramp_bytes))
+
+
+T = 1e12
+# NVIDIA H100 Tensor Core GPU datasheet (SXM5): 3.35 TB/s HBM3; dense bf16 989.4 TFLOPS, fp8 1978.9,
+# int8 1978.9 TOPS, tf32 494.7 (the sparse figures are twice these); 132 SMs, 50 MB L2.
+_HOPPER = {"bf16": 989.4 * T, "fp16": 989.4 * T, "fp8": 1978.9 * T, "int8": 1978.9 * T, "tf32": 494.7 * T}
+# Fitted by benchmarks/gpu_fit.py on src/nmx/hw/data/h200_measured.csv (2026-11-29, torch 2.11 + cu130).
+_H200_FIT: dict[str, Any] = dict(
+    bw_eff={"gemm": 0.723, "attention": 0.89, "elementwise": 0.976},
+    flops_eff={"bf16": 0.72, "fp8": 0.63},
+    launch_s=5.97e-6, kernel_gap_s=1.54e-6, ramp_s=3.18e-6, ramp_bytes=9.84e6, row_s_per_element=1.16e-9,
+    sparse_call_s=8.57e-4,
+    calibration="fitted on the H200 measurements in src/nmx/hw/data/h200_measured.csv (2026-11-29)")
+
+_UNCALIBRATED = {**_H200_FIT, "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
+
+PRESETS: dict[str, GpuTarget] = {t.name: t for t in (
+    GpuTarget("h200", 132, 4.8e12, _HOPPER, True, 60e6,
+              "NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 SXM tensor-core rates", **_H200_FIT),
+    GpuTarget("h100-sxm", 132, 3.35e12, _HOPPER, True, 50e6, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)",
+              **{**_H200_FIT, "calibration": "the H200's fit (same chip, HBM3 at 3.35 TB/s); not measured on an H100"}),
+    # NVIDIA A100 datasheet (80GB SXM): 2.039 TB/s; bf16 312 TFLOPS, int8 624 TOPS, tf32 156; 108 SMs, 40 MB L2.
+    GpuTarget("a100-80gb", 108, 2.039e12, {"bf16": 312 * T, "fp16": 312 * T, "int8": 624 * T, "tf32": 156 * T},
+              True, 40e6, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", **_UNCALIBRATED),
+    # NVIDIA HGX B200 datasheet, per GPU: 8 TB/s HBM3e; dense fp4 9 PFLOPS, fp8 4.5, bf16 2.25, tf32 1.1;
+    # 148 SMs (Blackwell architecture technical brief).
+    GpuTarget("b200", 148, 8.0e12, {"bf16": 2250 * T, "fp16": 2250 * T, "fp8": 4500 * T, "int8": 4500 * T,
+                                    "fp4": 9000 * T, "tf32": 1100 * T}, True, 126e6,
+              "NVIDIA HGX B200 datasheet (per GPU) and Blackwell technical brief", **_UNCALIBRATED),
+    # NVIDIA L40S datasheet: 864 GB/s GDDR6; dense bf16 362 TFLOPS, fp8 733, int8 733 TOPS, tf32 183; 142 SMs, 96 MB L2.
+    GpuTarget("l40s", 142, 0.864e12, {"bf16": 362 * T, "fp16": 362 * T, "fp8": 733 * T, "int8": 733 * T,
+                                      "tf32": 183 * T}, True, 96e6, "NVIDIA L40S datasheet", **_UNCALIBRATED),
+)}
+
+
+def get_target(name: str | GpuTarget) -> GpuTarget:
+    if isinstance(name, GpuTarget):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown GPU target {name!r}: use one of {', '.join(PRESETS)}") from None
+
+
+def _result(t: GpuTarget, overhead: float, memory: float, compute: float, host: float = 0.0,
+            **extra: Any) -> dict[str, Any]:
+    """latency = launch overhead + the longest of memory, compute and host-side work that the GPU
+    waits for (the per-call plan setup of PyTorch's 2:4 path overlaps the kernel it precedes)."""
+    busy = max(memory, compute, host)
+    bound = "overhead" if overhead + host >= max(memory, compute) else ("memory" if memory >= compute else "compute")
+    return {"latency_s": overhead + busy, "bound": bound, "memory_s": memory, "compute_s": compute,
+            "overhead_s": overhead + host, "target": t.name, **extra}
+
+
+def _weight_bits(n: int, k: int, weights: str | None, sparsity: str | None, dtype: str) -> float:
+    from nmx.sparsity.patterns import parse_pattern
+    from nmx.sparsity.storage import weight_storage
+
+    density = parse_pattern(sparsity).density if sparsity else 1.0
+    if weights is None:  # the weights are stored in the compute dtype
+        if sparsity is None:
+            return n * k * ELEMENT_BYTES[dtype] * 8
+        bits16 = weight_storage((n, k), density, None, sparsity)["bits"]  # values at 16 bits + index
+        return bits16 - n * k * density * (16 - ELEMENT_BYTES[dtype] * 8)
+    return weight_storage((n, k), density, weights, sparsity)["bits"]
+
+
+def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", sparsity: str | None = None,
+         weights: str | None = None, impl: str = "pytorch") -> dict[str, Any]:
+    """Latency of y[m, n] = x[m, k] W[n, k]^T. `sparsity` "2:4" uses the sparse tensor cores
+    (other patterns only shrink the weight bytes of a weight-only kernel); `impl` "pytorch" is
+    what PyTorch does today (its 2:4 path pays a plan setup per call), "ideal" a kernel with
+    cached plans and fused dequantization."""
+    t = get_target(target)
+    for label, v in (("m", m), ("n", n), ("k", k)):
+        if not isinstance(v, int) or v < 1:
+            raise InputError(f"gemm: {label} must be a positive integer, got {v!r}")
+    if impl not in IMPLS:
+        raise InputError(f"unknown implementation {impl!r}: use one of {', '.join(IMPLS)}")
+    if weights is not None:
+        from nmx import formats
+
+        formats.get(weights)  # a bad name fails here, with the formats' own message
+    is_24 = sparsity is not None and sparsity.replace(" ", "") == "2:4"
+    # the sparse tensor cores take 2:4 values in the compute dtype; other weight formats or
+    # patterns only shrink the bytes a weight-only kernel reads
+    sparse_tc = is_24 and (weights is None or native_dtype(weights) == dtype)
+    if sparse_tc and not t.sparse_24:
+        raise InputError(f"{t.name} has no 2:4 sparse tensor cores")
+    peak = t.peak(dtype, sparse_tc) * t.efficiency(dtype)
+    w_bytes = _weight_bits(n, k, weights, sparsity, dtype) / 8
+    act_bytes = m * k * ELEMENT_BYTES[dtype]
+    out_bytes = m * n * 2
+    nbytes = w_bytes + act_bytes + out_bytes
+    tm = 64 if m <= 64 else 128
+    m_pad, n_pad = math.ceil(m / tm) * tm, math.ceil(n / 128) * 128
+    compute = 2.0 * m_pad * n_pad * k / peak
+    memory = t.memory_s(nbytes, "gemm")
+    host = t.sparse_call_s if sparse_tc and impl == "pytorch" else 0.0
+    return _result(t, t.launch_s, memory, compute, host, m=m, n=n, k=k, flops=2.0 * m * n * k, bytes=nbytes, weight_bytes=w_bytes,
+                   dtype=dtype, sparsity=sparsity, weights=weights, impl=impl)
+
+
+def attention(target: str | GpuTarget, batch: int, q_len: int, kv_len: int, heads_q: int, heads_kv: int,
+              head_dim: int, kv_format: str | None = None, causal: bool | None = None) -> dict[str, Any]:
+    """Latency of fused attention (FlashAttention / flash-decoding style) over a cache of kv_len
+    tokens whose K and V are stored in `kv_format` (bf16 by default)."""
+    from nmx.hw.workload import attention_op
+
+    t = get_target(target)
+    causal = q_len > 1 if causal is None else causal
+    op = attention_op("attention", batch, q_len, kv_len, heads_q, heads_kv, head_dim, kv_format=kv_format,
+                      causal=causal, new_kv=0)
+    compute = op.flops / (t.peak("bf16") * t.efficiency("bf16"))
+    memory = t.memory_s(op.bytes, "attention")
+    return _result(t, t.launch_s, memory, compute, flops=op.flops, bytes=op.bytes, kv_bytes=op.kv_bytes_read,
+                   kv_format=kv_format)
+
+
+def elementwise(target: str | GpuTarget, kind: str, rows: int, width: int, nbytes: float,
+                kernels: int = 1) -> dict[str, Any]:
+    """A memory-bound pass (a norm reduces each row in one program: its serial part grows with width)."""
+    t = get_target(target)
+    memory = t.memory_s(nbytes, "elementwise") + (t.row_s_per_element * width if kind == "norm" else 0.0)
+    return _result(t, t.launch_s + t.kernel_gap_s * (kernels - 1), memory, 0.0, bytes=nbytes, kind=kind)
+
+
+def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[str, Any]:
+    """Latency of one `nmx.hw.workload.Op` instance."""
+    if op.kind == "gemm":
+        native = native_dtype(op.weight_format)
+        t = get_target(target)
+        # weights and activations both in a native low-precision dtype: the tensor cores take them
+        dtype = native if native and native == native_dtype(op.act_format) and native in t.peak_flops else "bf16"
+        return gemm(t, op.m, op.n, op.k, dtype, op.pattern, op.weight_format, impl)
+    if op.kind == "attention":
+        return attention(target, op.batch, op.q_len, op.kv_len, op.heads_q, op.heads_kv, op.head_dim,
+                         op.kv_format, op.causal)
+    if op.kind == "embedding":
+        return elementwise(target, "embedding", op.m or 1, 0, op.bytes)
+    rows = int(op.elements if op.kind == "norm" else 1)
+    width = int(round(op.bytes_written / 2 / max(rows, 1))) if op.kind == "norm" else 0
+    return elementwise(target, op.kind, rows, width, op.bytes)
+
+
+def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch") -> dict[str, Any]:
+    """Per-op latencies of a workload step and its totals (latency, tokens/s, bytes, bound)."""
+    t = get_target(target)
+    rows, total = [], 0.0
+    by_bound: dict[str, float] = {}
+    for op in workload.ops:
+        r = op_latency(t, op, impl)
+        lat = r["latency_s"] * op.count
+        total += lat
+        by_bound[r["bound"]] = by_bound.get(r["bound"], 0.0) + lat
+        rows.append({"name": op.name, "kind": op.kind, "count": op.count, "latency_s": lat,
+                     "latency_each_s": r["latency_s"], "bound": r["bound"], "bytes": op.bytes * op.count,
+                     "flops": op.flops * op.count})
+    tokens = workload.batch * workload.tokens
+    return {"target": t.name, "calibration": t.calibration, "impl": impl, **workload.summary(),
+            "latency_s": total, "tokens_per_s": tokens / total, "bound": max(by_bound, key=by_bound.get),
+            "latency_by_bound_s": by_bound, "ops": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements and the model's error on them
+
+def measurement_file(name: str = "h200_measured.csv") -> Path:
+    return Path(str(resources.files("nmx.hw") / "data" / name))
+
+
+def load_measurements(path: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, rows) of a CSV written by benchmarks/gpu_calibrate.py."""
+    path = Path(path) if path else measurement_file()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise InputError(f"cannot read measurements {path}: {err}") from None
+    header = json.loads(lines[0][2:]) if lines and lines[0].startswith("# ") else {}
+    body = [ln for ln in lines if not ln.startswith("# ")]
+    rows = []
+    for r in csv.DictReader(body):
+        rows.append({k: (v if k in ("op", "dtype", "sparsity") else (float(v) if v else 0.0)) for k, v in r.items()})
+    return header, rows
+
+
+def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
+    """The model's latency for one measured row (the kernel exactly as benchmarks/gpu_calibrate.py ran it)."""
+    i = lambda key: int(row[key])  # noqa: E731
+    if row["op"] == "gemm":
+        return gemm(target, i("m"), i("n"), i("k"), row["dtype"], row["sparsity"] or None)["latency_s"]
+    if row["op"] == "attention":
+        return attention(target, i("batch"), i("q_len"), i("kv_len"), i("heads_q"), i("heads_kv"),
+                         i("head_dim"))["latency_s"]
+    n = i("m") * i("n")
+    if row["op"] == "norm":  # read x, write y (the weight vector is negligible)
+        return elementwise(target, "norm", i("m"), i("n"), 4.0 * n)["latency_s"]
+    # F.silu(g) * x in eager PyTorch: two kernels, silu reads g and writes a temporary, mul reads two, writes one
+    return elementwise(target, "activation", i("m"), i("n"), 10.0 * n, kernels=2)["latency_s"]
+
+
+def op_class(row: dict[str, Any]) -> str:
+    if row["op"] == "gemm":
+        return f"gemm {row['dtype']}" + (f" {row['sparsity']}" if row["sparsity"] else "")
+    return row["op"]
+
+
+def model_error(target: str | GpuTarget, rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per op class and overall: median and 90th-percentile |predicted / measured - 1|, count."""
+    errs: dict[str, list[float]] = {}
+    for r in rows:
+        e = abs(predict_measured(target, r) / r["latency_s"] - 1.0)
+        errs.setdefault(op_class(r), []).append(e)
+        errs.setdefault("all", []).append(e)
+
+    def q(v: list[float], p: float) -> float:
+        s = sorted(v)
+        return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]
+
+    return {c: {"median_abs_err": q(v, 0.5), "p90_abs_err": q(v, 0.9), "count": float(len(v))}
+            for c, v in errs.items()}
+
+
+def with_params(target: str | GpuTarget, **params: Any) -> GpuTarget:
+    """A copy of a target with some calibration parameters changed (for fitting)."""
+    return replace(get_target(target), **params)

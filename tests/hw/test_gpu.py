@@ -1,0 +1,140 @@
+"""nmx.hw.gpu: the roofline by hand, and the calibrated H200 model against its measurements."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmx.errors import InputError
+from nmx.hw import gpu
+from nmx.hw.workload import Compression, llm_workload
+
+# an ideal chip: no launch cost, no ramp, every peak reached
+IDEAL = gpu.with_params("h100-sxm", launch_s=0.0, ramp_s=0.0, bw_eff={"gemm": 1.0, "attention": 1.0, "elementwise": 1.0},
+                        flops_eff={"bf16": 1.0, "fp8": 1.0}, sparse_call_s=0.0, row_s_per_element=0.0)
+
+
+def test_memory_bound_gemv_by_hand():
+    r = gpu.gemm(IDEAL, 1, 4096, 4096)
+    nbytes = 4096 * 4096 * 2 + 4096 * 2 + 4096 * 2
+    assert r["bound"] == "memory" and r["latency_s"] == pytest.approx(nbytes / 3.35e12)
+
+
+def test_compute_bound_gemm_by_hand_with_tile_quantization():
+    # m = 1000 pads to eight 128-row tiles: 1024 x 8192 x 8192 MACs at 989.4 TFLOP/s
+    r = gpu.gemm(IDEAL, 1000, 8192, 8192)
+    assert r["bound"] == "compute" and r["latency_s"] == pytest.approx(2 * 1024 * 8192 * 8192 / 989.4e12)
+    fp8 = gpu.gemm(IDEAL, 1000, 8192, 8192, dtype="fp8")
+    assert fp8["compute_s"] == pytest.approx(r["compute_s"] / 2)
+    sparse = gpu.gemm(IDEAL, 1000, 8192, 8192, sparsity="2:4", impl="ideal")
+    assert sparse["compute_s"] == pytest.approx(r["compute_s"] / 2)
+
+
+def test_weight_formats_shrink_the_bytes_of_a_weight_only_kernel():
+    dense = gpu.gemm(IDEAL, 1, 4096, 4096)
+    q = gpu.gemm(IDEAL, 1, 4096, 4096, weights="mxfp4")
+    assert q["weight_bytes"] == 4096 * 4096 * 4.25 / 8
+    assert dense["latency_s"] / q["latency_s"] > 3.5
+    assert q["compute_s"] == dense["compute_s"]  # dequantized to bf16: the same tensor-core work
+
+
+def test_formats_a_chip_lacks_are_refused():
+    with pytest.raises(InputError, match="no fp4 tensor cores"):
+        gpu.gemm("h100-sxm", 1, 64, 64, dtype="fp4")
+    assert gpu.gemm("b200", 1, 64, 64, dtype="fp4")["latency_s"] > 0
+    with pytest.raises(InputError, match="unknown GPU target"):
+        gpu.gemm("h900", 1, 64, 64)
+    with pytest.raises(InputError, match="positive"):
+        gpu.gemm("h200", 0, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return gpu.load_measurements()[1]
+
+
+def test_h200_model_stays_within_its_measured_error(measured):
+    err = gpu.model_error("h200", measured)
+    # the issue's target: median absolute error <= 10 % over the measurements
+    assert err["all"]["median_abs_err"] <= 0.10
+    for cls in ("gemm bf16", "gemm fp8", "attention", "norm", "activation"):
+        assert err[cls]["median_abs_err"] <= 0.10, (cls, err[cls])
+    # PyTorch's 2:4 path costs a per-call plan setup that varies 0.5 - 1.2 ms between calls:
+    # the model's fixed cost can only hit the middle of it (reported in BENCHMARKS.md)
+    assert err["gemm bf16 2:4"]["median_abs_err"] <= 0.35
+    assert err["all"]["count"] >= 400
+
+
+def test_the_model_predicts_pytorch_24_is_slower_than_dense_for_small_m(measured):
+    rows = {(r["m"], r["n"], r["k"], r["sparsity"]): r["latency_s"] for r in measured if r["op"] == "gemm"
+            and r["dtype"] == "bf16"}
+    for m in (1, 16, 256, 512):
+        for n, k in ((4096, 4096), (11008, 4096), (4096, 11008)):
+            measured_ratio = rows[(m, n, k, "")] / rows[(m, n, k, "2:4")]
+            model_ratio = gpu.gemm("h200", m, n, k)["latency_s"] / gpu.gemm("h200", m, n, k, sparsity="2:4")["latency_s"]
+            assert measured_ratio < 0.2 and model_ratio < 0.2  # 0.05-0.1x, not the 2x of the datasheet
+    # and a real speedup at 8192 tokens on the 11008x4096 class
+    assert gpu.gemm("h200", 8192, 11008, 4096)["latency_s"] > gpu.gemm("h200", 8192, 11008, 4096, sparsity="2:4")["latency_s"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 8192), n=st.sampled_from([576, 4096, 11008]), k=st.sampled_from([576, 4096]),
+       bw=st.floats(1e12, 8e12), more=st.floats(1.0, 4.0))
+def test_more_bandwidth_is_never_slower_and_more_tokens_never_faster(m, n, k, bw, more):
+    slow = gpu.with_params("h200", bandwidth_bytes_per_s=bw)
+    fast = gpu.with_params("h200", bandwidth_bytes_per_s=bw * more)
+    assert gpu.gemm(fast, m, n, k)["latency_s"] <= gpu.gemm(slow, m, n, k)["latency_s"]
+    assert gpu.gemm(slow, m + 1, n, k)["latency_s"] >= gpu.gemm(slow, m, n, k)["latency_s"]
+
+
+def test_quantized_kv_makes_long_decode_attention_cheaper():
+    bf16 = gpu.attention("h200", 16, 1, 32768, 32, 8, 128)
+    int4 = gpu.attention("h200", 16, 1, 32768, 32, 8, 128, kv_format="int4_g32")
+    assert bf16["bound"] == "memory" and bf16["latency_s"] / int4["latency_s"] > 3
+
+
+def test_llm_cost_sums_its_ops():
+    w = llm_workload("llama-2-7b", "decode", batch=1, context=4096)
+    cost = gpu.llm_cost("h200", w)
+    assert cost["latency_s"] == pytest.approx(sum(r["latency_s"] for r in cost["ops"]))
+    assert cost["bound"] == "memory"
+    comp = Compression(weights="nvfp4", kv_format="int4_g32")
+    small = gpu.llm_cost("h200", llm_workload("llama-2-7b", "decode", batch=1, context=4096, compression=comp))
+    # 3.5x fewer bytes, but ~350 kernel launches a step stay: between 1.5x and the byte ratio
+    assert cost["bytes_read"] / small["bytes_read"] > 3.5
+    assert 1.5 < cost["latency_s"] / small["latency_s"] < cost["bytes_read"] / small["bytes_read"]
+
+
+def nmx(*args):
+    return subprocess.run([sys.executable, "-m", "nmx", *args], capture_output=True, text=True)
+
+
+def test_cli_gemm_json_and_shapes_file(tmp_path):
+    r = nmx("hw", "gemm", "--target", "h200", "--m", "16", "--n", "4096", "--k", "4096", "--sparsity", "2:4", "--json")
+    assert r.returncode == 0, r.stderr
+    one = json.loads(r.stdout)
+    assert one["bound"] == "overhead" and one["latency_s"] > 0
+    shapes = tmp_path / "s.csv"
+    shapes.write_text("m,n,k,dtype\n1,4096,4096,bf16\n4096,4096,4096,fp8\n")
+    r = nmx("hw", "gemm", "--target", "h200", "--shapes", str(shapes), "--json")
+    rows = json.loads(r.stdout)
+    assert [x["m"] for x in rows] == [1, 4096] and [x["dtype"] for x in rows] == ["bf16", "fp8"]
+    shapes.write_text("m,n,k\n1,x,4\n")
+    bad = nmx("hw", "gemm", "--shapes", str(shapes))
+    assert bad.returncode == 2 and "line 2" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_attention_and_llm():
+    r = nmx("hw", "attention", "--target", "h200", "--batch", "16", "--kv-len", "32768", "--heads-q", "32",
+            "--heads-kv", "8", "--head-dim", "128", "--kv-format", "int4_g32", "--json")
+    assert r.returncode == 0, r.stderr and json.loads(r.stdout)["latency_s"] > 0
+    r = nmx("hw", "llm", "--target", "h200", "--model", "smollm2-135m", "--phase", "prefill", "--tokens", "512", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tokens_per_s"] > 0
+    bad = nmx("hw", "llm", "--model", "nope")
+    assert bad.returncode == 2 and "unknown model" in bad.stderr
+    bad = nmx("hw", "gemm", "--m", "1", "--n", "64", "--k", "64", "--dtype", "fp4", "--target", "h100-sxm")
+    assert bad.returncode == 2 and "fp4" in bad.stderr
