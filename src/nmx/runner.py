@@ -59,7 +59,8 @@ def run(
         **{k: v for k, v in record.items() if k not in ("weight_sparsity", "bits_per_weight")},
         "protocol": result["protocol"],
         "recipe": recipe.as_dict(),
-        "model": {"name": loaded.name, "parameters": loaded.n_params, "source": loaded.source, "notes": loaded.notes},
+        "model": {"name": loaded.name, "parameters": loaded.n_params, "source": loaded.source, "notes": loaded.notes,
+                  "shape": model_shape(loaded)},
         "wall_s": time.perf_counter() - t0,
         "compress_s": t1 - t0,
         "versions": versions(),
@@ -68,6 +69,20 @@ def run(
     if out is not None:
         write_outputs(Path(out), out_record, loaded if save_model else None, masks)
     return out_record
+
+
+def model_shape(loaded: Any) -> dict[str, Any] | None:
+    """The model's shapes for the hardware workload (`nmx hw llm --model RESULT_DIR`), or None
+    for an architecture that is not a Llama-style decoder."""
+    from dataclasses import asdict
+
+    from nmx.errors import InputError
+    from nmx.hw.workload import shape_from_config
+
+    try:
+        return asdict(shape_from_config(loaded.model.config, name=loaded.name))
+    except InputError:
+        return None
 
 
 def write_outputs(out: Path, result: dict, loaded: Any | None = None, masks: dict | None = None) -> None:

@@ -190,3 +190,20 @@ def test_unstructured_bits_use_unstructured_storage(tiny_model_dir, text_file):
     r = run(recipe_for(tiny_model_dir, text_file, sparsity={"method": "magnitude", "pattern": "50%"}))
     assert {x["storage"] for x in r["layers"].values()} == {"bitmap"}
     assert r["bits_per_weight"] == pytest.approx(0.5 * 16 + 1)  # values + a 1-bit mask
+
+
+def test_a_run_folder_is_priced_with_its_real_storage(tiny_model_dir, text_file, tmp_path):
+    """The hardware workload reads `nmx run`'s folder: the model's shapes and each linear's real bits."""
+    from nmx.hw.gpu import llm_cost
+    from nmx.hw.workload import llm_workload
+
+    r = run(recipe_for(tiny_model_dir, text_file, sparsity={"method": "wanda", "pattern": "2:4"},
+                       quantization={"weights": "mxfp4"}), out=tmp_path / "run")
+    w = llm_workload(tmp_path / "run", "decode", context=8)
+    assert w.model.parameters == r["model"]["parameters"]
+    gemms = {op.name: op for op in w.ops if op.kind == "gemm"}
+    up = gemms["mlp.up_proj"]
+    real = [x["bits"] for name, x in r["layers"].items() if name.endswith("mlp.up_proj")]
+    assert up.weight_bytes == pytest.approx(sum(real) / len(real) / 8)
+    assert up.weight_format == "mxfp4" and up.pattern == "2:4"
+    assert llm_cost("h200", w)["latency_s"] > 0
