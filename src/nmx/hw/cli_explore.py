@@ -1,9 +1,97 @@
-"""CLI commands of nmx.hw (explore); `register` adds them to the top-level `nmx` app."""
+"""CLI commands of nmx.hw (explore); `register` adds them to the top-level `nmx` app.
+
+    nmx explore --accel examples/hw/uspe_16x16_ws.yaml --sweep pe_rows=8,16,32 --sweep nm=none,2:4 \\
+        --model llama-2-7b --phase decode --plot front.png --json
+    nmx explore --results runs/dense runs/2of4 --accel examples/hw/nm24_16x16_ws.yaml --plot ppl.png
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from nmx.errors import InputError
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level `nmx` app (nothing yet)."""
+    """Add `nmx explore`."""
+
+    @app.command("explore")
+    def explore_cmd(
+        accel: Path = typer.Option(..., "--accel", help="The base accelerator YAML."),
+        sweep: List[str] = typer.Option([], "--sweep", help="KEY=v1,v2,... (repeat); e.g. pe_rows=8,16,32, "
+                                        "glb_kb=64,256, dram_gb_s=50,100, nm=none,2:4,1:4|2:4|3:4, dataflow=ws,os,is, "
+                                        "weights_format=dense,bitmap,nm, tech_nm=28,7."),
+        results: List[Path] = typer.Option([], "--results", help="Result folders of `nmx run` (perplexity vs cost)."),
+        more_results: List[Path] = typer.Argument(None, help="More result folders after --results."),
+        workload: Optional[Path] = typer.Option(None, "--workload"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        gemm: Optional[str] = typer.Option(None, "--gemm", help="M,N,K"),
+        phase: str = typer.Option("decode", "--phase"),
+        batch: int = typer.Option(1, "--batch"),
+        context: int = typer.Option(2048, "--context"),
+        tokens: int = typer.Option(2048, "--tokens"),
+        weights: Optional[str] = typer.Option(None, "--weights"),
+        activations: Optional[str] = typer.Option(None, "--activations"),
+        pattern: Optional[str] = typer.Option(None, "--pattern"),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format"),
+        top: int = typer.Option(20, "--top", help="Pareto points to print / put in the JSON."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Write the figure (PNG/SVG/PDF)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Sweep accelerator design points (Pareto front of latency, energy, area), or join the
+        perplexity of `nmx run` results with their cost on one accelerator."""
+        from nmx.hw import explore as ex
+        from nmx.hw.accel_spec import load_accel
+
+        spec = load_accel(accel)
+        dirs = list(results) + list(more_results or [])
+        if dirs:
+            if sweep:
+                raise InputError("--results joins accuracy with one design: drop --sweep (or explore separately)")
+            if any(x is not None for x in (workload, model, gemm)):
+                raise InputError("--results takes the workload from each result folder: drop --workload/--model/--gemm")
+            rows = ex.accuracy_vs_cost(dirs, spec, phase=phase, batch=batch, context=context, tokens=tokens)
+            if plot is not None:
+                ex.plot_accuracy(rows, plot)
+            if as_json:
+                typer.echo(json.dumps({"accel": spec.name, "rows": rows, "plot": str(plot) if plot else None},
+                                      indent=2))
+                return
+            typer.echo(f"perplexity vs cost on {spec.name} ({phase}, batch {batch}, context {context})")
+            typer.echo(f"{'result':<28} {'perplexity':>11} {'latency ms':>11} {'energy mJ':>10}  recipe")
+            for r in rows:
+                typer.echo(f"{r['label']:<28} {r['perplexity']:>11.4f} {r['latency_s'] * 1e3:>11.4g} "
+                           f"{r['energy_pj'] * 1e-9:>10.4g}  {r['recipe']}")
+            if plot is not None:
+                typer.echo(f"wrote {plot}")
+            return
+        from nmx.hw.cli_accel import build_work
+
+        work, what = build_work(workload, model, gemm, phase, batch, context, tokens, weights, activations,
+                                pattern, kv_format, 1.0)
+        result = ex.sweep(spec, ex.parse_sweeps(sweep), work)
+        front = result.rows(result.pareto[:top])
+        if plot is not None:
+            ex.plot_pareto(result, plot, title=f"{spec.name} on {what}")
+        summary = {"accel": spec.name, "workload": what, "points": result.n_points,
+                   "feasible": int(result.result.feasible.sum()) if result.result.feasible.ndim else result.n_points,
+                   "pareto_points": int(result.pareto.size), "eval_s": result.eval_s,
+                   "sweep": {k: v for k, v in result.axes}, "pareto": front,
+                   "plot": str(plot) if plot else None}
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        typer.echo(f"{spec.name} on {what}: {result.n_points} design points in {result.eval_s * 1e3:.1f} ms, "
+                   f"{result.pareto.size} Pareto-optimal (latency, energy, area)")
+        keys = [k for k, _ in result.axes]
+        typer.echo("  ".join(f"{k:>12}" for k in keys) + f"{'latency ms':>12}{'energy mJ':>12}{'area mm2':>10}"
+                   f"{'util':>7}")
+        for r in front:
+            typer.echo("  ".join(f"{r[k]:>12}" for k in keys) + f"{r['latency_s'] * 1e3:>12.4g}"
+                       f"{r['energy_pj'] * 1e-9:>12.4g}{r['area_mm2']:>10.3g}{r['utilization']:>7.3f}")
+        if plot is not None:
+            typer.echo(f"wrote {plot}")

@@ -1,0 +1,222 @@
+"""Design-space exploration: many accelerator design points at once, Pareto fronts, accuracy joined.
+
+    from nmx.hw.explore import sweep, pareto_mask, accuracy_vs_cost
+    ex = sweep(load_accel("examples/hw/uspe_16x16_ws.yaml"),
+               {"pe_rows": ["8", "16", "32"], "glb_kb": ["64", "256"], "nm": ["none", "2:4"]},
+               llm_workload("llama-2-7b", "decode"))
+    ex.pareto            # indices of the (latency, energy, area) Pareto-optimal points
+    ex.rows(ex.pareto)   # their sweep values and costs, as dicts
+    plot_pareto(ex, "front.png")
+    rows = accuracy_vs_cost(["runs/dense", "runs/2of4"], spec, phase="decode")   # perplexity vs cost
+
+The sweep is an open mesh (nmx.hw.accel.grid): every swept parameter varies along its own
+axis and the model broadcasts, so intermediates that depend on few parameters stay small.
+Pareto: minimize all objectives; a point is dominated when another is <= in every objective and
+< in one; ties keep the first; infeasible points (inf latency) never count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nmx.errors import InputError
+from nmx.hw.accel import AccelResult, evaluate, grid, point_labels
+from nmx.hw.accel_spec import AccelSpec
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("latency_s", "energy_pj", "area_um2")
+
+
+def pareto_mask(objectives: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of `objectives` [N, k] (all minimized). Rows with a
+    non-finite value are never on the front. Sort by the first objective, then compare each chunk
+    against the front so far and within itself: O(N * (front + chunk)) comparisons."""
+    obj = np.asarray(objectives, dtype=np.float64)
+    if obj.ndim != 2:
+        raise InputError(f"objectives must be a 2-D array [points, objectives], got shape {obj.shape}")
+    n = obj.shape[0]
+    mask = np.zeros(n, dtype=bool)
+    ok = np.flatnonzero(np.all(np.isfinite(obj), axis=1))
+    if ok.size == 0:
+        return mask
+    order = ok[np.lexsort(obj[ok].T[::-1])]  # by first objective, ties by the next ones
+    front = np.empty((0, obj.shape[1]))
+    front_idx: list[np.ndarray] = []
+    for s in range(0, order.size, chunk):
+        idx = order[s:s + chunk]
+        c = obj[idx]
+        if front.shape[0]:
+            # sorted order: an earlier equal point also removes it (ties keep the first)
+            alive = ~np.any(np.all(front[None, :, :] <= c[:, None, :], axis=2), axis=1)
+            idx, c = idx[alive], c[alive]
+        # within the chunk, among survivors only (a point dominated by a removed one is dominated
+        # by the front point that removed it): j dominates i if j is earlier and <= everywhere
+        le_in = np.all(c[None, :, :] <= c[:, None, :], axis=2)  # [i, j]: c_j <= c_i
+        earlier = np.tri(idx.size, idx.size, k=-1, dtype=bool)
+        keep = idx[~np.any(le_in & earlier, axis=1)]
+        if keep.size:
+            front = np.vstack([front, obj[keep]])
+            front_idx.append(keep)
+    if front_idx:
+        mask[np.concatenate(front_idx)] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """A swept design space: flat cost arrays, the sweep axes, the Pareto-optimal indices."""
+
+    spec: AccelSpec
+    axes: list[tuple[str, list[str]]]
+    result: AccelResult
+    latency_s: np.ndarray
+    energy_pj: np.ndarray
+    area_um2: np.ndarray
+    utilization: np.ndarray
+    pareto: np.ndarray  # flat indices, sorted by latency
+    eval_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.latency_s.size)
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for i in np.asarray(indices, dtype=np.int64).tolist():
+            out.append({"index": i, **point_labels(self.axes, i), "latency_s": float(self.latency_s[i]),
+                        "energy_pj": float(self.energy_pj[i]), "area_mm2": float(self.area_um2[i]) * 1e-6,
+                        "utilization": float(self.utilization[i])})
+        return out
+
+
+def sweep(spec: AccelSpec, sweeps: dict[str, list[str]], work: Any) -> Exploration:
+    """Evaluate `work` on every combination of `sweeps` (key -> list of values, as written on the
+    command line) around the design `spec`; compute the (latency, energy, area) Pareto front."""
+    import time
+
+    params, axes = grid(spec.params(), sweeps)
+    t0 = time.perf_counter()
+    r = evaluate(params, work)
+    dt = time.perf_counter() - t0
+    lat, en, ar = (np.ravel(getattr(r, k)) for k in OBJECTIVES)
+    n = max(lat.size, en.size, ar.size)
+    lat, en, ar = (np.broadcast_to(a, (n,)) if a.size == 1 else a for a in (lat, en, ar))
+    mask = pareto_mask(np.stack([lat, en, ar], axis=1))
+    idx = np.flatnonzero(mask)
+    idx = idx[np.argsort(lat[idx], kind="stable")]
+    util = np.ravel(r.utilization)
+    util = np.broadcast_to(util, (n,)) if util.size == 1 else util
+    return Exploration(spec, axes, r, lat, en, ar, util, idx, dt)
+
+
+def parse_sweeps(items: Sequence[str]) -> dict[str, list[str]]:
+    """`["pe_rows=8,16,32", "nm=none,2:4"]` -> {"pe_rows": ["8", "16", "32"], "nm": ["none", "2:4"]}."""
+    out: dict[str, list[str]] = {}
+    for it in items:
+        if "=" not in it:
+            raise InputError(f"--sweep {it!r}: write KEY=v1,v2,... (e.g. pe_rows=8,16,32)")
+        key, vals = it.split("=", 1)
+        key = key.strip()
+        values = [v.strip() for v in vals.split(",") if v.strip()]
+        if not values:
+            raise InputError(f"--sweep {key}: give at least one value after '='")
+        if key in out:
+            raise InputError(f"--sweep {key} is given twice; list all its values once")
+        out[key] = values
+    return out
+
+
+def _save_fig(fig: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def plot_pareto(ex: Exploration, path: str | Path, title: str | None = None) -> None:
+    """Latency vs energy of every design point (colour = area), the Pareto-optimal ones circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = np.isfinite(ex.latency_s)
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    sc = ax.scatter(ex.latency_s[ok] * 1e3, ex.energy_pj[ok] * 1e-9, c=ex.area_um2[ok] * 1e-6, s=6,
+                    cmap="viridis", alpha=0.6, linewidths=0)
+    fig.colorbar(sc, ax=ax, label="area (mm²)")
+    p = ex.pareto
+    ax.scatter(ex.latency_s[p] * 1e3, ex.energy_pj[p] * 1e-9, facecolors="none", edgecolors="red", s=40,
+               label=f"Pareto (latency, energy, area): {p.size} of {int(ok.sum())}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("energy (mJ)")
+    ax.set_title(title or f"{ex.spec.name}: " + ", ".join(k for k, _ in ex.axes))
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+# ---- accuracy joined with cost --------------------------------------------------------------------
+
+
+def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: str = "decode", batch: int = 1,
+                     context: int = 2048, tokens: int = 2048) -> list[dict[str, Any]]:
+    """One row per `nmx run` result folder: its perplexity and recipe, and the latency / energy of
+    one step of the recipe's workload (the real per-layer storage of its masks) on `spec`."""
+    from nmx.hw.workload import llm_workload
+
+    rows = []
+    for d in result_dirs:
+        d = Path(d)
+        f = d / "result.json"
+        if not f.is_file():
+            raise InputError(f"{d}: no result.json; give folders written by `nmx run`")
+        try:
+            res = json.loads(f.read_text())
+            ppl = float(res["perplexity"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{f}: not an nmx result with a perplexity ({err})") from None
+        w = llm_workload(d, phase, batch=batch, context=context, tokens=tokens)
+        r = evaluate(spec, w).point()
+        rows.append({"dir": str(d), "label": d.name, "recipe": w.compression.describe(), "perplexity": ppl,
+                     "bits_per_weight": res.get("bits_per_weight"), "weight_sparsity": res.get("weight_sparsity"),
+                     "latency_s": r["latency_s"], "energy_pj": r["energy_pj"], "area_mm2": r["area_um2"] * 1e-6,
+                     "utilization": r["utilization"], "dram_bytes": r["dram_bytes"], "accel": spec.name,
+                     "phase": phase, "batch": batch, "context": context})
+    return rows
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Perplexity against latency and against energy, one labelled point per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, key, scale, unit in ((axes[0], "latency_s", 1e3, "latency (ms)"),
+                                 (axes[1], "energy_pj", 1e-9, "energy (mJ)")):
+        xs = [r[key] * scale for r in rows]
+        ys = [r["perplexity"] for r in rows]
+        ax.scatter(xs, ys, s=30, color="tab:blue")
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(r["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"{unit} per {rows[0]['phase']} step" if rows else unit)
+        ax.set_ylabel("perplexity")
+        ax.grid(True, alpha=0.3)
+    if rows:
+        fig.suptitle(f"accuracy vs cost on {rows[0]['accel']}")
+    _save_fig(fig, path)
+    plt.close(fig)
