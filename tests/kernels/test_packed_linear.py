@@ -1,0 +1,141 @@
+"""nmx.kernels: the packed layout and its reference twin against nmx.formats (bit for bit) and a
+float64 product; the Triton kernel against the twin where it can run (CUDA, or Triton's CPU
+interpreter); bad input."""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nmx import formats
+from nmx.errors import InputError
+from nmx.kernels import decode_weight, linear, linear_reference, pack
+from nmx.sparsity.masks import check_nm, nm_mask
+
+CASES = [(None, "2:4"), ("mxfp4", None), ("nvfp4", None), ("int4_g128", None), ("int4_g32", None), ("fp8_e4m3", None),
+         ("mxfp8_e4m3", None), ("mxfp4", "2:4"), ("nvfp4", "2:4"), ("int4_g128", "2:4"), ("fp8_e4m3", "2:4")]
+
+
+def weight(n=40, k=256, pattern=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) / math.sqrt(k)
+    w[0, :8] = torch.tensor([3.0, -2.5, 1e-9, 0.0, 6.0, -6.0, 0.5, 0.25])  # saturation, tiny, zero values
+    return w * nm_mask(w.abs(), 2, 4) if pattern else w
+
+
+@pytest.mark.parametrize("fmt,pattern", CASES)
+def test_decode_is_the_nmx_format_bit_for_bit(fmt, pattern):
+    """Oracle: nmx.formats.quantize of the (pruned) weight; pruned entries decode to 0."""
+    w = weight(pattern=pattern)
+    p = pack(w, fmt, pattern)
+    expected = formats.get(fmt).quantize(w) if fmt else w.to(torch.bfloat16).float()
+    assert torch.equal(decode_weight(p), expected)  # -0 and +0 compare equal: pruned zeros are +0 here
+    if pattern:
+        assert check_nm(decode_weight(p), 2, 4) == 0
+
+
+@pytest.mark.parametrize("fmt,pattern", CASES)
+def test_packed_bytes_are_what_the_layout_says(fmt, pattern):
+    n, k = 40, 256
+    p = pack(weight(n, k, pattern), fmt, pattern)
+    value_bits = {None: 16, "fp8_e4m3": 8, "mxfp8_e4m3": 8}.get(fmt, 4)
+    kept = n * k // 2 if pattern else n * k
+    block_bytes = {"mxfp4": 1, "mxfp8_e4m3": 1, "nvfp4": 1, "int4_g128": 2, "int4_g32": 2}.get(fmt, 0)
+    block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16, "int4_g128": 128, "int4_g32": 32}.get(fmt, 1)
+    expected = kept * value_bits // 8 + (n * k // 8 if pattern else 0) + (n * k // block) * block_bytes
+    assert p.nbytes == expected
+
+
+@pytest.mark.parametrize("fmt,pattern", CASES)
+def test_reference_linear_against_float64(fmt, pattern):
+    w = weight(pattern=pattern, seed=1)
+    p = pack(w, fmt, pattern)
+    x = torch.randn(5, 256)
+    wq = (formats.get(fmt).quantize(w) if fmt else w.to(torch.bfloat16).float()).double()
+    exact = x.to(torch.bfloat16).double() @ wq.T
+    y = linear(x, p)  # CPU: the reference path
+    assert y.dtype == torch.bfloat16 and y.shape == (5, 40)
+    assert float((y.double() - exact).norm() / exact.norm()) < 1e-2
+    assert torch.equal(linear(x.reshape(1, 5, 256), p).reshape(5, 40), y)
+
+
+def test_a_given_mask_is_kept_even_where_a_kept_weight_is_zero():
+    w = weight(pattern="2:4")
+    mask = nm_mask(w.abs(), 2, 4)
+    w[3, :4] = 0.0  # both kept weights of a group are zero: the mask still says which
+    p = pack(w, "nvfp4", "2:4", mask=mask)
+    nib = p.meta[3, 0] & 15
+    kept = mask[3, :4].nonzero().flatten().tolist()
+    assert [int(nib & 3), int(nib >> 2)] == kept
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="multiple of 64"):
+        pack(torch.randn(8, 96), "mxfp4")
+    with pytest.raises(InputError, match="do not read"):
+        pack(torch.randn(8, 128), "int3_g32")
+    with pytest.raises(InputError, match="not 2:4"):
+        pack(torch.randn(8, 128), None, "2:4")
+    with pytest.raises(InputError, match="dense or 2:4"):
+        pack(torch.randn(8, 128), None, "1:4")
+    with pytest.raises(InputError, match="NaN"):
+        pack(torch.full((8, 128), float("nan")), "mxfp4")
+    p = pack(torch.randn(8, 128), "mxfp4")
+    with pytest.raises(InputError, match="input features"):
+        linear(torch.randn(2, 64), p)
+    with pytest.raises(InputError, match="backend"):
+        linear(torch.randn(2, 128), p, backend="magic")
+
+
+def test_non_contiguous_input_gives_the_same_result():
+    p = pack(weight(), "int4_g128")
+    x = torch.randn(256, 6).T  # non-contiguous [6, 256]
+    assert torch.equal(linear(x, p), linear(x.contiguous(), p))
+
+
+TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed (the kernel's CPU twin is tested above)")
+def test_triton_kernel_in_the_cpu_interpreter_matches_the_twin():
+    """Runs the real Triton kernel source in Triton's interpreter (a subprocess: the interpreter
+    flag must be set before triton is imported)."""
+    code = r"""
+import torch, math
+from nmx.kernels import pack, linear_reference
+from nmx.kernels.triton_linear import packed_linear
+from nmx.sparsity.masks import nm_mask
+for fmt, pat in [(None, "2:4"), ("nvfp4", None), ("int4_g128", "2:4"), ("mxfp8_e4m3", None)]:
+    w = torch.randn(24, 256) / 16
+    w = w * nm_mask(w.abs(), 2, 4) if pat else w
+    p = pack(w, fmt, pat)
+    for m, cfg in ((1, dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=128, SPLIT_K=1)), (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2))):
+        x = torch.randn(m, 256).to(torch.bfloat16)
+        y = packed_linear(x, p, {**cfg, "num_warps": 4, "num_stages": 1}).float()
+        r = linear_reference(x, p).float()
+        err = float((y - r).norm() / r.norm())
+        assert err < 1e-2, (fmt, pat, m, err)
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("fmt,pattern", CASES)
+@pytest.mark.parametrize("m", [1, 7, 16, 64])
+def test_triton_kernel_on_the_gpu(fmt, pattern, m):
+    from nmx.kernels.triton_linear import packed_linear
+
+    w = weight(512, 1024, pattern, seed=m).cuda()
+    p = pack(w, fmt, pattern)
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+    y = packed_linear(x, p, poison=True).float()
+    r = linear_reference(x, p).float()
+    assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2
