@@ -207,3 +207,15 @@ def test_a_run_folder_is_priced_with_its_real_storage(tiny_model_dir, text_file,
     assert up.weight_bytes == pytest.approx(sum(real) / len(real) / 8)
     assert up.weight_format == "mxfp4" and up.pattern == "2:4"
     assert llm_cost("h200", w)["latency_s"] > 0
+    # and `nmx explore --results`: perplexity next to the cost on an accelerator, dense vs compressed
+    from pathlib import Path
+
+    from nmx.hw.accel_spec import load_accel
+    from nmx.hw.explore import accuracy_vs_cost
+
+    run(recipe_for(tiny_model_dir, text_file), out=tmp_path / "dense")
+    spec = load_accel(Path(__file__).resolve().parents[2] / "examples" / "hw" / "nm24_16x16_ws.yaml")
+    dense_row, sparse_row = accuracy_vs_cost([tmp_path / "dense", tmp_path / "run"], spec)
+    assert sparse_row["perplexity"] == r["perplexity"]
+    # the tiny model is mostly embedding and LM head (untargeted): fewer bytes, not 5x fewer
+    assert sparse_row["dram_bytes"] < dense_row["dram_bytes"] and sparse_row["energy_pj"] < dense_row["energy_pj"]
