@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only-sweep", action="store_true", help="correctness and the tile sweep, no tables")
+    ap.add_argument("--ms", default=None, help="comma-separated M values for the kernel-1 table")
+    ap.add_argument("--no-kernel2", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
@@ -210,10 +212,12 @@ def main() -> None:
     elif args.only_sweep:
         sweep(results)
     else:
-        kernel1(results, [1, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64], copy_bw)
+        ms = [int(v) for v in args.ms.split(",")] if args.ms else [1, 16, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64]
+        kernel1(results, ms, copy_bw)
         if args.sweep:
             sweep(results)
-        kernel2(results, [16, 256, 2048, 8192] if args.quick else [16, 64, 256, 512, 1024, 2048, 4096, 8192])
+        if not args.no_kernel2:
+            kernel2(results, [16, 256, 2048, 8192] if args.quick else [16, 64, 256, 512, 1024, 2048, 4096, 8192])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "kernels.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
