@@ -8,19 +8,8 @@ import pytest
 import torch
 
 from nmx import __version__
-from nmx.cli import main
 from nmx.formats import names
-
-
-def run(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["nmx", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli import run_cli as run
 
 
 def test_version_and_help(capsys, monkeypatch):

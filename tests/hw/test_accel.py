@@ -16,6 +16,7 @@ from nmx.hw.accel import LOOP_ORDERS, evaluate, gemm_problem, grid, nm_mask, par
 from nmx.hw.accel_spec import OPERAND_FORMATS, accel_from_dict, load_accel, workload_from_dict
 from nmx.hw.tech import get_tech
 from nmx.hw.workload import Compression, llm_workload
+from tests.cli import run_cli as _main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "hw"
 T28 = get_tech(28)
@@ -341,17 +342,6 @@ BAD = {
 }
 
 
-def _main(args, capsys, monkeypatch):
-    from nmx.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nmx", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 @pytest.mark.parametrize("field", list(BAD))

@@ -1,7 +1,6 @@
 """Design-space exploration: Pareto front against brute force, sweeps, the `nmx explore` command."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from nmx.errors import InputError
 from nmx.hw.accel import gemm_problem
 from nmx.hw.accel_spec import load_accel
 from nmx.hw.explore import accuracy_vs_cost, pareto_mask, parse_sweeps, sweep
+from tests.cli import run_cli as _main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "hw"
 
@@ -73,17 +73,6 @@ def test_sweep_grid_and_front():
     assert lat[("16", "256", "2:4")] < lat[("16", "256", "none")]
 
 
-def _main(args, capsys, monkeypatch):
-    from nmx.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nmx", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_cli_explore_sweep_json_and_plot(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from functools import lru_cache
 
 import pytest
@@ -31,6 +30,7 @@ from nmx.hw.nonlinear_units import (
     round_to,
 )
 from nmx.hw.tech import get_tech
+from tests.cli import run_cli as run
 
 F64 = torch.float64
 FUNCS = ("exp", "reciprocal", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh")
@@ -411,17 +411,6 @@ def test_registry_parses_families_and_rejects_bad_names():
     assert nl.unit("lut256", "GELU_ERF").function == "gelu"
 
 
-def run(args, capsys, monkeypatch):
-    from nmx.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nmx", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_json_and_table(capsys, monkeypatch):

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmx.cli import main
 from nmx.errors import InputError
 from nmx.hw.timeloop import evaluate, evaluate_files
 from nmx.hw.timeloop_spec import Density, build_case, load_yaml
+from tests.cli import run_cli as run
 
 CASE = Path(os.environ["NMX_DATA_DIR"]) / "hw" / "sparseloop-eyeriss-v2"
 LAYERS = ["L07", "L09", "L13", "L19", "L21", "L23", "L25", "L27"]
@@ -226,15 +225,6 @@ def test_zeroing_more_of_a_real_mask_never_costs_more(seed, p_in, p_w, drop):
 # --- the command ----------------------------------------------------------------------------------
 
 
-def run(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["nmx", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_json_and_table(capsys, monkeypatch):

@@ -6,8 +6,16 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from nmx.errors import InputError
-from nmx.hw.workload import (PRESETS, Compression, ModelShape, attention_op, gemm_op, llm_workload, resolve_model,
-                             shape_from_config)
+from nmx.hw.workload import (
+    PRESETS,
+    Compression,
+    ModelShape,
+    attention_op,
+    gemm_op,
+    llm_workload,
+    resolve_model,
+    shape_from_config,
+)
 
 
 def test_preset_parameter_counts_match_the_published_models():

@@ -113,7 +113,8 @@ for fmt, pat in [(None, "2:4"), ("nvfp4", None), ("int4_g128", "2:4"), ("mxfp8_e
     w = torch.randn(24, 256) / 16
     w = w * nm_mask(w.abs(), 2, 4) if pat else w
     p = pack(w, fmt, pat)
-    for m, cfg in ((1, dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=128, SPLIT_K=1)), (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2))):
+    for m, cfg in ((1, dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=128, SPLIT_K=1)),
+                   (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2))):
         x = torch.randn(m, 256).to(torch.bfloat16)
         y = packed_linear(x, p, {**cfg, "num_warps": 4, "num_stages": 1}).float()
         r = linear_reference(x, p).float()

@@ -152,7 +152,8 @@ def register(hw_app: typer.Typer) -> None:
     @hw_app.command("llm")
     def llm_cmd(
         target: str = typer.Option("h100-sxm", "--target"),
-        model: str = typer.Option("llama-2-7b", "--model", help="Preset, HF config.json / folder, or an nmx run folder."),
+        model: str = typer.Option("llama-2-7b", "--model",
+                                  help="Preset, HF config.json / folder, or an nmx run folder."),
         phase: str = typer.Option("decode", "--phase", help="prefill or decode."),
         batch: int = typer.Option(1, "--batch"),
         tokens: int = typer.Option(2048, "--tokens", help="Prefill length per sequence."),
@@ -185,5 +186,6 @@ def register(hw_app: typer.Typer) -> None:
                 for r in cost["ops"]], ("name", "kind", "count", "latency_us", "share", "bound", "bytes", "flops"))
         typer.echo(f"{cost['model']} {phase} on {cost['target']} ({cost['compression']}; batch {batch}"
                    f"{', context ' + str(context) if phase == 'decode' else ', ' + str(tokens) + ' tokens'}): "
-                   f"{cost['latency_s'] * 1e3:.3f} ms, {cost['tokens_per_s']:.1f} tokens/s, mostly {cost['bound']}-bound; "
+                   f"{cost['latency_s'] * 1e3:.3f} ms, {cost['tokens_per_s']:.1f} tokens/s, "
+                   f"mostly {cost['bound']}-bound; "
                    f"{cost['bytes_read'] / 1e9:.3f} GB read; calibration: {cost['calibration']}")

@@ -192,7 +192,8 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
     compute = 2.0 * m_pad * n_pad * k / peak
     memory = t.memory_s(nbytes, "gemm")
     host = t.sparse_call_s if sparse_tc and impl == "pytorch" else 0.0
-    return _result(t, t.launch_s, memory, compute, host, m=m, n=n, k=k, flops=2.0 * m * n * k, bytes=nbytes, weight_bytes=w_bytes,
+    return _result(t, t.launch_s, memory, compute, host, m=m, n=n, k=k, flops=2.0 * m * n * k, bytes=nbytes,
+                   weight_bytes=w_bytes,
                    dtype=dtype, sparsity=sparsity, weights=weights, impl=impl)
 
 

@@ -108,7 +108,8 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
     except KeyError as err:
         raise InputError(f"the model config has no {err.args[0]!r}: nmx models Llama-style decoders "
-                         "(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size)") from None
+                         "(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
+                         "vocab_size)") from None
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ def _w_tile(vals_ptr, meta_ptr, scales_ptr, tensor_scale, rows, n_mask, k0, K,
                      other=0).to(tl.int32)
         nib = tl.interleave(mb & 15, mb >> 4)
         j = tl.arange(0, 4)[None, None, :]
-        w = tl.where(j == (nib & 3)[:, :, None], v0[:, :, None], tl.where(j == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
+        w = tl.where(j == (nib & 3)[:, :, None], v0[:, :, None],
+                     tl.where(j == (nib >> 2)[:, :, None], v1[:, :, None], 0.0))
         w = tl.reshape(w, (BLOCK_N, BLOCK_K))
     elif ELEMENT == 1 or ELEMENT == 2:
         b = tl.load(vals_ptr + rows * (K // 2) + k0 // 2 + tl.arange(0, BLOCK_K // 2)[None, :], mask=n_mask[:, None],
@@ -296,5 +297,6 @@ def packed_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | Non
         x, p.values, p.meta if p.meta is not None else dummy, p.scales if p.scales is not None else dummy, y,
         float(p.tensor_scale), m, p.n, k, x.stride(0), y.stride(0),
         ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1, SPARSE=p.sparse24,
-        SPLIT_K=split, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", GEMV=cfg["BLOCK_M"] == 1, TILES_PER_SPLIT=k // (cfg["BLOCK_K"] * split), num_warps=warps, num_stages=stages, **cfg)
+        SPLIT_K=split, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", GEMV=cfg["BLOCK_M"] == 1,
+        TILES_PER_SPLIT=k // (cfg["BLOCK_K"] * split), num_warps=warps, num_stages=stages, **cfg)
     return y if split == 1 else y.to(torch.bfloat16)
