@@ -5,6 +5,7 @@
     sparsity: {method: wanda, pattern: "2:4", targets: ["*.self_attn.*_proj", "*.mlp.*_proj"]}
     quantization: {weights: mxfp4, activations: null}
     evaluation: {text: wikitext-2, seq_len: 2048, max_windows: null}
+    kv_cache: {quant: {format: int4, group: 32, residual: 128}, evict: {method: streaming, budget: 512}}
 
 Validated with pydantic at this boundary only; an error names the field and, for a file,
 its line. `--set key.path=value` overrides are applied before validation.
@@ -15,10 +16,10 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nmx.errors import InputError, NmxError
 from nmx.model.layers import DEFAULT_TARGETS
@@ -86,6 +87,114 @@ class Evaluation(_Strict):
     max_windows: Optional[int] = Field(None, ge=1)
 
 
+def _kv_section_error(check, value):
+    """Like _as_value_error for a whole kv_cache sub-section: the error is located at the section, so a
+    bare section prefix ("evict: ...") is dropped and a field prefix ("quant.group: ...") kept."""
+    try:
+        return check(value)
+    except NmxError as err:
+        head, sep, rest = str(err).partition(": ")
+        raise ValueError(rest if sep and head in ("quant", "evict", "merge") else str(err)) from None
+
+
+class KVQuant(_Strict):
+    format: str = "int4"
+    key_format: Optional[str] = None
+    value_format: Optional[str] = None
+    key_axis: Literal["channel", "token"] = "channel"
+    value_axis: Literal["channel", "token"] = "token"
+    group: Optional[int] = Field(None, ge=1)
+    residual: int = Field(128, ge=0)
+    sinks: int = Field(0, ge=0)
+    key_rope: Literal["pre", "post"] = "post"
+
+    @field_validator("format", "key_format", "value_format")
+    @classmethod
+    def _packable(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from nmx.kv.policy import kv_format
+
+            _as_value_error(lambda name: kv_format(name, ""), v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KVQuant":
+        from nmx.kv.policy import QuantSpec
+
+        _kv_section_error(lambda d: QuantSpec(**d), self.model_dump())
+        return self
+
+
+class KVEvict(_Strict):
+    method: str
+    sinks: Optional[int] = Field(None, ge=0)
+    window: Optional[int] = Field(None, ge=0)
+    pool: Optional[int] = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    budget: Optional[int] = Field(None, ge=1)
+    budget_bytes: Optional[int] = Field(None, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from nmx.kv.evict import get_method
+
+        return _as_value_error(get_method, v) and v
+
+    @field_validator("budget")
+    @classmethod
+    def _fits_protected(cls, v: Optional[int], info: Any) -> Optional[int]:
+        if v is not None and "method" in info.data:
+            from nmx.kv.policy import EvictSpec
+
+            try:
+                spec = EvictSpec(info.data["method"], budget_bytes=1, sinks=info.data.get("sinks"),
+                                 window=info.data.get("window"))
+            except NmxError:
+                return v  # the section check reports it
+            _as_value_error(lambda b: spec.check_budget(b, ""), v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KVEvict":
+        from nmx.kv.policy import EvictSpec
+
+        _kv_section_error(lambda d: EvictSpec(**d), self.model_dump())
+        return self
+
+
+class KVMerge(_Strict):
+    similarity: Literal["cosine"] = "cosine"
+
+
+class KVCacheSection(_Strict):
+    """`kv_cache:` — quantize / evict / merge the KV cache during evaluation (see nmx.kv)."""
+
+    quant: Optional[KVQuant] = None
+    evict: Optional[KVEvict] = None
+    merge: Optional[KVMerge] = None  # `merge: true` = the defaults
+    full_precision: Literal["bf16", "fp16", "fp32", "model"] = "bf16"
+    #: tokens per forward during evaluation; the compressed cache carries the context between chunks
+    chunk: int = Field(64, ge=1)
+
+    @field_validator("merge", mode="before")
+    @classmethod
+    def _merge_flag(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
+
+    @model_validator(mode="after")
+    def _merge_needs_evict(self) -> "KVCacheSection":
+        if self.merge is not None and self.evict is None:
+            raise ValueError("merge folds evicted tokens, so it needs an evict section")
+        return self
+
+    def to_policy(self):
+        from nmx.kv.policy import KVPolicy
+
+        d = self.model_dump(exclude={"chunk"})
+        return KVPolicy.from_dict(d)
+
+
 class Recipe(_Strict):
     model: str = DEFAULT_MODEL
     #: "auto" (a CUDA GPU where there is one, else the CPU), "cpu", "cuda" or "cuda:N"
@@ -94,6 +203,7 @@ class Recipe(_Strict):
     sparsity: Optional[Sparsity] = None
     quantization: Optional[Quantization] = None
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    kv_cache: Optional[KVCacheSection] = None
 
     @field_validator("device")
     @classmethod
@@ -196,6 +306,19 @@ def load_recipe(
     for assignment in overrides:
         _apply_override(raw, assignment)
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise InputError(_describe(err, tree, where)) from None
+    _check_kv_context(recipe, tree, where)
+    return recipe
+
+
+def _check_kv_context(recipe: Recipe, tree: Any, where: str) -> None:
+    """kv_cache settings that would compress nothing over the evaluation context."""
+    if recipe.kv_cache is None:
+        return
+    try:
+        recipe.kv_cache.to_policy().check_context(recipe.evaluation.seq_len, "evaluation.seq_len")
+    except NmxError as err:
+        line = _line_of(tree, ("kv_cache", "quant", "residual")) if tree is not None else None
+        raise InputError(f"{where}{f' line {line}' if line else ''}: kv_cache.{err}") from None

@@ -45,10 +45,10 @@ def run(
     loaded = loaded if loaded is not None else load_model(recipe.model, recipe.device)
     ev = recipe.evaluation
     text = load_text(ev.text)  # fail on a missing text before the long part
+    check_kv_cache(loaded, recipe)
     record = compress(loaded, recipe, progress)
     t1 = time.perf_counter()
-    result = perplexity(loaded.model, loaded.tokenizer, text, ev.seq_len, ev.max_windows,
-                        (lambda i, n: progress("evaluating", i, n)) if progress else None)
+    result = evaluate(loaded, recipe, text, (lambda i, n: progress("evaluating", i, n)) if progress else None)
     layers = record.pop("layers")
     masks = record.pop("masks")
     out_record: dict[str, Any] = {
@@ -56,6 +56,7 @@ def run(
         "eval_tokens": result["eval_tokens"],
         "weight_sparsity": record["weight_sparsity"],
         "bits_per_weight": record["bits_per_weight"],
+        "kv_bytes_per_token": result["kv_bytes_per_token"],
         **{k: v for k, v in record.items() if k not in ("weight_sparsity", "bits_per_weight")},
         "protocol": result["protocol"],
         "recipe": recipe.as_dict(),
@@ -69,6 +70,44 @@ def run(
     if out is not None:
         write_outputs(Path(out), out_record, loaded if save_model else None, masks)
     return out_record
+
+
+def evaluate(loaded: Any, recipe: Recipe, text: Any, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Perplexity, through the recipe's compressed KV cache when it has a kv_cache section. Adds
+    `kv_bytes_per_token` (summed over layers, mean over windows); without a kv_cache section, the
+    dense bf16 figure layers * 2 * kv_heads * head_dim * 2."""
+    from nmx.kv import KVCache, attention_for, dense_bytes_per_token
+
+    ev, kv = recipe.evaluation, recipe.kv_cache
+    model = loaded.model
+    if kv is None:
+        result = perplexity(model, loaded.tokenizer, text, ev.seq_len, ev.max_windows, progress)
+        try:
+            result["kv_bytes_per_token"] = dense_bytes_per_token(model.config)
+        except AttributeError:  # not a decoder config with layers / heads / head_dim
+            result["kv_bytes_per_token"] = None
+        return result
+    policy = kv.to_policy()
+    with attention_for(policy, model):
+        return perplexity(model, loaded.tokenizer, text, ev.seq_len, ev.max_windows, progress,
+                          new_cache=lambda: KVCache(policy, model), chunk=kv.chunk)
+
+
+def check_kv_cache(loaded: Any, recipe: Recipe) -> None:
+    """Refuse a kv_cache section the model cannot run (InputError) before any long work."""
+    import logging
+
+    from nmx.kv import KVCache, attention_for
+
+    if recipe.kv_cache is None:
+        return
+    policy = recipe.kv_cache.to_policy()
+    policy.check_context(recipe.evaluation.seq_len, "evaluation.seq_len")
+    with attention_for(policy, loaded.model, quiet=True):
+        cache = KVCache(policy, loaded.model)
+    if cache.budget and cache.budget >= recipe.evaluation.seq_len:
+        logging.getLogger(__name__).warning("kv_cache.evict: the budget of %d tokens holds the whole %d-token window; "
+                                            "nothing will be evicted", cache.budget, recipe.evaluation.seq_len)
 
 
 def model_shape(loaded: Any) -> dict[str, Any] | None:
@@ -116,6 +155,22 @@ def save_weights(path: Path, loaded: Any, result: dict, masks: dict[str, torch.T
     tmp.replace(path)
 
 
+def _kv_text(kv: dict | None) -> str:
+    if not kv:
+        return "dense (counted as bf16)"
+    parts = []
+    if q := kv.get("quant"):
+        parts.append(f"{q['format']} keys per {q['key_axis']} / values per {q['value_axis']}, "
+                     f"group {q['group'] or 'auto'}, residual {q['residual']}, sinks {q['sinks']}, "
+                     f"keys {q.get('key_rope', 'post')}-RoPE")
+    if e := kv.get("evict"):
+        budget = f"{e['budget']} tokens" if e.get("budget") else f"{e['budget_bytes']} bytes"
+        parts.append(f"{e['method']} eviction to {budget}")
+    if kv.get("merge"):
+        parts.append("merging evicted tokens")
+    return ", ".join(parts or [f"uncompressed ({kv.get('full_precision')})"])
+
+
 def report_markdown(r: dict) -> str:
     rec, p = r["recipe"], r["protocol"]
     sp, q = rec.get("sparsity"), rec.get("quantization")
@@ -129,6 +184,8 @@ def report_markdown(r: dict) -> str:
         f"- formats: weights {(q or {}).get('weights') or 'unquantized (counted as bf16)'}, "
         f"activations {(q or {}).get('activations') or 'unquantized'}",
         f"- bits per weight (values, indices and scales, best storage): {r['bits_per_weight']:.4f}",
+        f"- KV cache: {_kv_text(rec.get('kv_cache'))}; {r.get('kv_bytes_per_token') or 0:.1f} bytes per token "
+        "(all layers, K and V)",
         f"- wall time: {r['wall_s']:.1f} s",
         "",
         "## Protocol",

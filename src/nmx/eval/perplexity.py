@@ -4,6 +4,11 @@ The text is tokenized once; non-overlapping windows of `seq_len` tokens are scor
 independently (no context carried over), every token after the first of each window is
 predicted, and perplexity = exp(total NLL / tokens scored). With `max_windows` only the
 first windows are scored, for quick runs; the record says so.
+
+With `new_cache` (a factory of KV caches, e.g. an `nmx.kv.KVCache`), each window is fed in
+chunks of `chunk` tokens through a fresh cache, which carries the (compressed) context from
+chunk to chunk; the record gives the chunk size, and the cache's mean `bytes_per_token()` at
+the end of the windows is returned as `kv_bytes_per_token`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Protocol:
     dtype: str
     device: str
     first_token_is_bos: bool
+    cache_chunk: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,10 +68,17 @@ def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None, what: s
 
 
 @torch.inference_mode()
-def window_nll(model: Any, window: torch.Tensor) -> float:
-    """Summed negative log-likelihood (float64) of tokens 1.. of one window given the ones before."""
+def window_nll(model: Any, window: torch.Tensor, cache: Any = None, chunk: int | None = None) -> float:
+    """Summed negative log-likelihood (float64) of tokens 1.. of one window given the ones before;
+    with a `cache`, fed `chunk` tokens per forward through it."""
     window = window.to(next(model.parameters()).device)
-    logits = model(window.unsqueeze(0)).logits[0, :-1].float()
+    if cache is None:
+        logits = model(window.unsqueeze(0)).logits[0, :-1].float()
+    else:
+        step = chunk or window.numel()
+        parts = [model(window[i:i + step].unsqueeze(0), cache=cache, use_cache=True).logits[0].float()
+                 for i in range(0, window.numel(), step)]
+        logits = torch.cat(parts)[:-1]
     return float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").double())
 
 
@@ -76,12 +89,21 @@ def perplexity(
     seq_len: int = 2048,
     max_windows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    new_cache: Callable[[], Any] | None = None,
+    chunk: int | None = None,
 ) -> dict[str, Any]:
     ids = tokenize(tokenizer, text)
     wins = windows_of(ids, seq_len, max_windows, f"evaluation text {text.name!r}")
+    if chunk is not None and chunk < 1:
+        raise InputError(f"chunk must be at least 1, got {chunk}")
     total = 0.0
+    kv_bytes: list[float] = []
     for i, w in enumerate(wins):
-        total += window_nll(model, w)
+        cache = new_cache() if new_cache is not None else None
+        total += window_nll(model, w, cache, chunk)
+        if cache is not None and hasattr(cache, "bytes_per_token"):
+            kv_bytes.append(float(cache.bytes_per_token()))
+        del cache
         if progress:
             progress(i + 1, len(wins))
     scored = len(wins) * (seq_len - 1)
@@ -93,5 +115,9 @@ def perplexity(
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         device=str(next(model.parameters()).device),
         first_token_is_bos=bool(ids[0] == getattr(tokenizer, "bos_token_id", None)),
+        cache_chunk=(chunk or seq_len) if new_cache is not None else None,
     )
-    return {"perplexity": math.exp(total / scored), "nll": total, "eval_tokens": scored, "protocol": protocol.as_dict()}
+    out = {"perplexity": math.exp(total / scored), "nll": total, "eval_tokens": scored, "protocol": protocol.as_dict()}
+    if kv_bytes:
+        out["kv_bytes_per_token"] = sum(kv_bytes) / len(kv_bytes)
+    return out
