@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from nmx.hw import gpu  # noqa: E402
 
-SCALARS = ("launch_s", "kernel_gap_s", "ramp_s", "ramp_bytes", "row_s_per_element", "sparse_call_s")
+SCALARS = ("sparse_eff", "launch_s", "kernel_gap_s", "ramp_s", "ramp_bytes", "row_s_per_element", "sparse_call_s")
 DICTS = {"bw_eff": ("gemm", "attention", "elementwise"), "flops_eff": ("bf16", "fp8")}
 
 
@@ -61,7 +61,7 @@ def main() -> None:
                 while True:
                     trial = dict(p)
                     trial[key] = p[key] * factor
-                    if key[0] in DICTS and trial[key] > 1.0:
+                    if (key[0] in DICTS or key[0] == "sparse_eff") and trial[key] > 1.0:
                         break
                     val = loss(build(base, trial), rows)
                     if val < best - 1e-6:

@@ -15,7 +15,7 @@ from nmx.hw.workload import Compression, llm_workload
 # an ideal chip: no launch cost, no ramp, every peak reached
 IDEAL = gpu.with_params("h100-sxm", launch_s=0.0, ramp_s=0.0,
                         bw_eff={"gemm": 1.0, "attention": 1.0, "elementwise": 1.0},
-                        flops_eff={"bf16": 1.0, "fp8": 1.0}, sparse_call_s=0.0, row_s_per_element=0.0)
+                        flops_eff={"bf16": 1.0, "fp8": 1.0}, sparse_call_s=0.0, row_s_per_element=0.0, sparse_eff=1.0)
 
 
 def test_memory_bound_gemv_by_hand():
@@ -66,6 +66,9 @@ def test_h200_model_stays_within_its_measured_error(measured):
     # PyTorch's 2:4 path costs a per-call plan setup that varies 0.5 - 1.2 ms between calls:
     # the model's fixed cost can only hit the middle of it (reported in BENCHMARKS.md)
     assert err["gemm bf16 2:4"]["median_abs_err"] <= 0.35
+    # 2:4 without the plan setup (CUDA-graph replays): the compute-bound rows, M >= 2048
+    big = gpu.model_error("h200", [r for r in measured if r["sparsity"] == "2:4@graph" and r["m"] >= 2048])
+    assert big["all"]["median_abs_err"] <= 0.10
     assert err["all"]["count"] >= 400
 
 

@@ -8,9 +8,11 @@ Every kernel costs a launch (`launch_s`) plus the larger of its memory time and 
     compute  2 * M_pad * N_pad * K / (peak[dtype] * flops_eff[dtype])
              (tile quantization: M padded to the MMA tile, 64 rows up to 64 tokens, 128 above;
              N to 128; 2:4 sparse tensor cores double the peak)
-    gemm     launch + max(memory, compute), plus `sparse_call_s` per call on the
-             `pytorch` implementation of 2:4 (PyTorch's semi-structured path through cuSPARSELt
-             sets up a plan on every call: measured at 0.5 - 1.2 ms on an H200, see the data)
+    gemm     launch + max(memory, compute, host): on the `pytorch` implementation of 2:4,
+             PyTorch's semi-structured path through cuSPARSELt sets up a plan on every call, a
+             host cost of `sparse_call_s` (measured 0.5 - 1.2 ms on an H200); `ideal` is the same
+             kernel without it (measured as CUDA-graph replays), where 2:4 reaches `sparse_eff`
+             of the sparse tensor cores' 2x
     attention (decode and prefill) the same, with the KV cache's bytes (format-aware) and the
              QK^T + PV flops at the bf16 rate
     norms and activations: launch + memory, plus `row_s_per_element` * width for a norm (one
@@ -76,6 +78,7 @@ class GpuTarget:
     ramp_bytes: float = 2e7
     row_s_per_element: float = 1.5e-9
     sparse_call_s: float = 7e-4
+    sparse_eff: float = 1.0  # the fraction of the sparse tensor cores' 2x that 2:4 kernels reach
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -100,11 +103,12 @@ T = 1e12
 # int8 1978.9 TOPS, tf32 494.7 (the sparse figures are twice these); 132 SMs, 50 MB L2.
 _HOPPER = {"bf16": 989.4 * T, "fp16": 989.4 * T, "fp8": 1978.9 * T, "int8": 1978.9 * T, "tf32": 494.7 * T}
 # Fitted by benchmarks/gpu_fit.py on src/nmx/hw/data/h200_measured.csv (2026-11-29, torch 2.11 + cu130).
+SPARSE_EFF_FIT = 0.70  # fitted on the M >= 2048 CUDA-graph rows (the small-M rows vary with the algorithm)
 _H200_FIT: dict[str, Any] = dict(
     bw_eff={"gemm": 0.723, "attention": 0.89, "elementwise": 0.976},
     flops_eff={"bf16": 0.72, "fp8": 0.63},
     launch_s=5.97e-6, kernel_gap_s=1.54e-6, ramp_s=3.18e-6, ramp_bytes=9.84e6, row_s_per_element=1.16e-9,
-    sparse_call_s=8.57e-4,
+    sparse_call_s=8.57e-4, sparse_eff=SPARSE_EFF_FIT,
     calibration="fitted on the H200 measurements in src/nmx/hw/data/h200_measured.csv (2026-11-29)")
 
 _UNCALIBRATED = {**_H200_FIT, "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
@@ -182,7 +186,7 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
     sparse_tc = is_24 and (weights is None or native_dtype(weights) == dtype)
     if sparse_tc and not t.sparse_24:
         raise InputError(f"{t.name} has no 2:4 sparse tensor cores")
-    peak = t.peak(dtype, sparse_tc) * t.efficiency(dtype)
+    peak = t.peak(dtype, sparse_tc) * t.efficiency(dtype) * (t.sparse_eff if sparse_tc else 1.0)
     w_bytes = _weight_bits(n, k, weights, sparsity, dtype) / 8
     act_bytes = m * k * ELEMENT_BYTES[dtype]
     out_bytes = m * n * 2
@@ -283,8 +287,10 @@ def load_measurements(path: str | Path | None = None) -> tuple[dict[str, Any], l
 def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
     """The model's latency for one measured row (the kernel exactly as benchmarks/gpu_calibrate.py ran it)."""
     i = lambda key: int(row[key])  # noqa: E731
-    if row["op"] == "gemm":
-        return gemm(target, i("m"), i("n"), i("k"), row["dtype"], row["sparsity"] or None)["latency_s"]
+    if row["op"] == "gemm":  # "2:4@graph": replayed from a CUDA graph, so without PyTorch's plan setup
+        sparsity, _, how = (row["sparsity"] or "").partition("@")
+        return gemm(target, i("m"), i("n"), i("k"), row["dtype"], sparsity or None,
+                    impl="ideal" if how == "graph" else "pytorch")["latency_s"]
     if row["op"] == "attention":
         return attention(target, i("batch"), i("q_len"), i("kv_len"), i("heads_q"), i("heads_kv"),
                          i("head_dim"))["latency_s"]
