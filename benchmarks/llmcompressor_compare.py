@@ -39,12 +39,30 @@ with --no-deps (auto-round and nvidia-ml-py are not needed for pruning and are l
         charset-normalizer matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing \
         python-dateutil six tzdata datasets==5.2.0 pyarrow "dill<0.4.2" pandas xxhash "multiprocess<0.70.20"
 
-Run from the repo root (--threads 1 is faster on a 2-core machine shared with another job):
+That recipe was rebuilt as written on 2026-11-29 (pip resolved anyio 4.16.0, h11 0.16.0, certifi
+2026.10.19.post1, idna 3.20, regex 2026.11.19, tqdm 4.70.1, packaging 26.4, pyyaml 6.0.4, gguf 0.19.0,
+psutil 7.2.2, loguru 0.7.3, pandas 3.1.1, pyarrow 26.0.1, matplotlib 3.11.2, dill 0.4.1, multiprocess
+0.70.19); `pip check` then names only the two packages left out on purpose.
 
-    NMX_CACHE_DIR=... NMX_DATA_DIR=../shared/data $V/python benchmarks/llmcompressor_compare.py
-        # reduced defaults: 16 x 512 calibration tokens, 4 x 2048 evaluation tokens, ~21 min on 2 cores
+Run from the repo root (NMX_CACHE_DIR defaults to ~/.cache/nmx, where nmx fetches the model):
+
+    NMX_DATA_DIR=/work/shared/data $V/python benchmarks/llmcompressor_compare.py --threads 1 \
+        --llmc-fp64-control --json-out benchmarks/results/llmc_reduced.json
+        # reduced defaults: 16 x 512 calibration tokens, 4 x 2048 evaluation tokens; 33 min on a 2-core
+        # AMD EPYC shared with other jobs (load average about 2.5), the float64 control included
+    NMX_DATA_DIR=/work/shared/data $V/python benchmarks/llmcompressor_compare.py --threads 1 \
+        --methods sparsegpt wanda --patterns 2:4 --calib-samples 32 --calib-seq-len 1024 --max-windows 8 \
+        --llmc-fp64-control --json-out benchmarks/results/llmc_larger.json
+        # a larger protocol for the 2:4 pairs (4x the calibration tokens, 2x the evaluation windows)
     $V/python benchmarks/llmcompressor_compare.py --calib-samples 128 --calib-seq-len 2048 --max-windows 0
-        # the full protocol (128 x 2048 calibration, the whole WikiText-2 test split)
+        # the full protocol (128 x 2048 calibration, all 148 WikiText-2 test windows): not run here; from
+        # the reduced run's timings, several hours on 2 cores
+
+--threads 1 keeps the timing steady on a CPU shared with other jobs. Wall time and CPU seconds
+(time.process_time) of the pruning step are both reported; the CPU seconds move far less with the
+machine's load. Mind that the thread count also changes the rounding of every matmul, and SparseGPT
+2:4 on this 135M model is sensitive to rounding: the float64 control (--llmc-fp64-control) shows how
+far llm-compressor's own result moves when only its working precision changes.
 
 Prints a markdown table and one line `LLMC_COMPARE_JSON {...}`.
 """
@@ -76,6 +94,7 @@ import torch
 
 import nmx
 import nmx.model.compress as nmx_compress
+import nmx.runner as nmx_runner
 from nmx.eval.perplexity import perplexity
 from nmx.eval.samples import calibration_windows
 from nmx.eval.text import load_text
@@ -145,6 +164,30 @@ class WindowCapture:
         nmx_compress.calibration_windows = self._orig
 
 
+class CompressTimer:
+    """Wrap nmx.runner.compress (the recipe's calibration + pruning + accounting) to time it in
+    wall seconds and in CPU seconds of this process (time.process_time: every thread's CPU
+    time; on a shared machine it moves far less with the other jobs' load than wall time)."""
+
+    def __init__(self) -> None:
+        self.wall_s: float | None = None
+        self.cpu_s: float | None = None
+        self._orig = nmx_runner.compress
+
+    def __enter__(self) -> "CompressTimer":
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = self._orig(*args, **kwargs)
+            self.wall_s, self.cpu_s = time.perf_counter() - w0, time.process_time() - c0
+            return out
+
+        nmx_runner.compress = timed
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        nmx_runner.compress = self._orig
+
+
 def target_linears(model: Any) -> dict[str, torch.nn.Linear]:
     return match_linears(model, list(DEFAULT_TARGETS))
 
@@ -210,13 +253,14 @@ def nmx_prune(args: argparse.Namespace, method: str, pattern: str) -> dict[str, 
         "sparsity": {"method": method, "pattern": pattern, "targets": list(DEFAULT_TARGETS), "options": options},
         "evaluation": {"text": args.text, "seq_len": args.seq_len, "max_windows": args.max_windows},
     })
-    with WindowCapture() as cap:
+    with WindowCapture() as cap, CompressTimer() as timer:
         res = nmx_run(recipe, loaded=loaded)
     rec = sparsity_record(loaded.model, pattern)
     weights = {n: lin.weight.detach().clone() for n, lin in target_linears(loaded.model).items()}
     out = {
         "perplexity": res["perplexity"], "eval_tokens": res["eval_tokens"], "protocol": res["protocol"],
-        "prune_s": res["compress_s"], "nmx_weight_sparsity": res["weight_sparsity"],
+        "prune_s": res["compress_s"], "prune_cpu_s": timer.cpu_s,
+        "prune_s_wrapped": timer.wall_s, "nmx_weight_sparsity": res["weight_sparsity"],
         "nmx_masks_valid": res["masks_valid"], "untargeted_changed": untargeted_changed(loaded.model, ref),
         "windows": cap.windows, "weights": weights, **rec,
     }
@@ -282,21 +326,21 @@ def llmc_prune(args: argparse.Namespace, method: str, pattern: str, windows: tor
     _, layers = decoder_layers(loaded.model)
     modifier = llmc_modifier(method, pattern, args, type(layers[0]).__name__)
     ds = Dataset.from_dict({"input_ids": windows.tolist()})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with llmc_precision(precision):
         oneshot(
             model=loaded.model, tokenizer=loaded.tokenizer, dataset=ds, recipe=modifier,
             num_calibration_samples=len(windows), shuffle_calibration_samples=False, batch_size=1,
             max_seq_length=windows.shape[1], pipeline="sequential",
         )
-    prune_s = time.perf_counter() - t0
+    prune_s, prune_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     loaded.model.eval()
     rec = sparsity_record(loaded.model, pattern)
     changed = untargeted_changed(loaded.model, ref)
     t1 = time.perf_counter()
     ppl = perplexity(loaded.model, loaded.tokenizer, load_text(args.text), args.seq_len, args.max_windows)
     out = {"perplexity": ppl["perplexity"], "eval_tokens": ppl["eval_tokens"], "protocol": ppl["protocol"],
-           "prune_s": prune_s, "eval_s": time.perf_counter() - t1, "untargeted_changed": changed,
+           "prune_s": prune_s, "prune_cpu_s": prune_cpu_s, "eval_s": time.perf_counter() - t1, "untargeted_changed": changed,
            "modifier": repr(modifier), "model": loaded.model, **rec}
     return out
 
@@ -393,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             same_windows = a["windows"] is not None and torch.equal(a["windows"], ref_windows)
             row["nmx"] = {k: v for k, v in a.items() if k not in ("windows", "weights", "masks")}
             row["same_calibration_windows"] = same_windows
-            log(f"  nmx ppl {a['perplexity']:.4f}, prune {a['prune_s']:.1f} s, windows identical: {same_windows}")
+            log(f"  nmx ppl {a['perplexity']:.4f}, prune {a['prune_s']:.1f} s ({a['prune_cpu_s']:.1f} s CPU), windows identical: {same_windows}")
         except Exception as err:  # noqa: BLE001 - report, never fake
             row["nmx_error"] = f"{type(err).__name__}: {err}"
             row["nmx_traceback"] = traceback.format_exc()
@@ -433,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["llmc_fp64_vs_llmc"] = ctl["rec"]["perplexity"] / llmc_cache[key]["rec"]["perplexity"] - 1
                 row["llmc_fp64_vs_nmx"] = ctl["rec"]["perplexity"] / a["perplexity"] - 1
                 row["llmc_fp64_mask_agreement_vs_llmc"] = compare_masks(llmc_cache[key]["masks"], ctl["masks"])[0]
-                row["llmc_fp64_mask_agreement_vs_nmx"] = compare_masks(a["masks"], ctl["masks"])[0]
+                (row["llmc_fp64_mask_agreement_vs_nmx"],
+                 row["llmc_fp64_mask_agreement_per_layer_vs_nmx"]) = compare_masks(a["masks"], ctl["masks"])
                 log(f"  llmc fp64 ppl {ctl['rec']['perplexity']:.4f}: {row['llmc_fp64_vs_llmc']:+.4%} vs llmc, "
                     f"{row['llmc_fp64_vs_nmx']:+.4%} vs nmx")
         got = llmc_cache[key]
@@ -451,19 +496,26 @@ def main(argv: list[str] | None = None) -> int:
                 num += float((wa.double() - got["weights"][n].double()).square().sum())
                 den += float(wa.double().square().sum())
             row["weight_rel_l2_diff"] = (num / den) ** 0.5
-            log(f"  llmc ppl {b['perplexity']:.4f}, prune {b['prune_s']:.1f} s; rel diff {row['rel_diff']:+.4%}, "
+            log(f"  llmc ppl {b['perplexity']:.4f}, prune {b['prune_s']:.1f} s ({b['prune_cpu_s']:.1f} s CPU); rel diff {row['rel_diff']:+.4%}, "
                 f"mask agreement {row['mask_agreement']:.4f}")
         del a
         gc.collect()
         rows.append(row)
 
+        if args.json_out:  # after every pair, so a run cut short keeps what it measured
+            args.json_out.write_text(json.dumps({**info, "dense": dense, "rows": rows, "partial": True},
+                                                default=str) + "\n")
+
     total_s = time.perf_counter() - t_start
-    print(markdown(info, dense, rows, args, total_s))
-    record = {**info, "dense": dense, "rows": rows, "total_s": total_s}
+    record = {**info, "dense": dense, "rows": rows, "total_s": total_s, "loadavg_at_end": os.getloadavg()}
     line = json.dumps(record, default=str)
-    print("LLMC_COMPARE_JSON " + line)
     if args.json_out:
         args.json_out.write_text(line + "\n")
+    try:
+        print(markdown(info, dense, rows, args, total_s))
+    except Exception:  # noqa: BLE001 - the JSON line below still carries every number
+        log("markdown table failed:\n" + traceback.format_exc())
+    print("LLMC_COMPARE_JSON " + line)
     return 0 if all("nmx_error" not in r and "llmc_error" not in r for r in rows) else 1
 
 
@@ -485,18 +537,19 @@ def markdown(info: dict, dense: dict, rows: list[dict], args: argparse.Namespace
         f"- total wall time: {total_s / 60:.1f} min",
         "",
         "| method | pattern (nmx / llmc) | ppl nmx | ppl llmc | llmc vs nmx | sparsity nmx | sparsity llmc "
-        "| N:M violations nmx / llmc | same mask (first / last layer) | prune s nmx | prune s llmc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N:M violations nmx / llmc | same mask (first / last layer) | prune s nmx | prune s llmc "
+        "| llmc / nmx wall | prune CPU s nmx | prune CPU s llmc | llmc / nmx CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, b = r.get("nmx"), r.get("llmc")
         pat = r["nmx_pattern"] if r["nmx_pattern"] == r["llmc_pattern"] else f"{r['nmx_pattern']} / {r['llmc_pattern']}"
         if a is None:
-            lines.append(f"| {r['method']} | {pat} | nmx failed: {r['nmx_error']} | | | | | | | | |")
+            lines.append(f"| {r['method']} | {pat} | nmx failed: {r['nmx_error']} | | | | | | | | | | | | |")
             continue
         if b is None:
             lines.append(f"| {r['method']} | {pat} | {a['perplexity']:.4f} | llmc failed: {r['llmc_error']} "
-                         f"| | {a['weight_sparsity']:.4f} | | | | {a['prune_s']:.1f} | |")
+                         f"| | {a['weight_sparsity']:.4f} | | | | {a['prune_s']:.1f} | | | {a['prune_cpu_s']:.1f} | | |")
             continue
         nm = ("n/a" if b["nm_violations"] is None else f"{a['nm_violations']} / {b['nm_violations']}")
         ok = "" if r["within_goal"] else " (over goal)"
@@ -504,7 +557,8 @@ def markdown(info: dict, dense: dict, rows: list[dict], args: argparse.Namespace
             f"| {r['method']} | {pat} | {a['perplexity']:.4f} | {b['perplexity']:.4f} | {r['rel_diff']:+.2%}{ok} "
             f"| {a['weight_sparsity']:.4f} | {b['weight_sparsity']:.4f} | {nm} | {r['mask_agreement']:.4f} "
             f"({r['mask_agreement_per_layer'][0]:.4f} / {r['mask_agreement_per_layer'][-1]:.4f}) "
-            f"| {a['prune_s']:.1f} | {b['prune_s']:.1f} |")
+            f"| {a['prune_s']:.1f} | {b['prune_s']:.1f} | {b['prune_s'] / a['prune_s']:.2f} "
+            f"| {a['prune_cpu_s']:.1f} | {b['prune_cpu_s']:.1f} | {b['prune_cpu_s'] / a['prune_cpu_s']:.2f} |")
     ctl = [r for r in rows if "llmc_fp64" in r]
     if ctl:
         lines += ["", "Control: llm-compressor again with its working precision set to float64 (same algorithm, "
@@ -517,8 +571,10 @@ def markdown(info: dict, dense: dict, rows: list[dict], args: argparse.Namespace
                 f"{r['llmc_fp64']['perplexity']:.4f} | {r['llmc_fp64_vs_llmc']:+.2%} | {r['llmc_fp64_vs_nmx']:+.2%} | "
                 f"{r['llmc_fp64_mask_agreement_vs_llmc']:.4f} | {r['llmc_fp64_mask_agreement_vs_nmx']:.4f} |")
     lines += ["",
-              "\"same mask\": fraction of targeted weights where both keep or both prune. \"prune s\": nmx's "
-              "recipe compression (calibration + pruning + accounting) / llm-compressor's `oneshot` call.",
+              "\"same mask\": fraction of targeted weights where both keep or both prune. \"prune s\": wall seconds of "
+              "nmx's recipe compression (calibration + pruning + accounting) / llm-compressor's `oneshot` call; "
+              "\"prune CPU s\": the same steps in CPU seconds of this process (time.process_time). "
+              f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
               ""]
     notes = []
     for r in rows:
