@@ -14,7 +14,7 @@ knorm      minus the key's L2 norm: low-norm keys kept (as kvpress)        no   
 h2o        attention accumulated over every query so far (heavy hitters)   yes        yes       0      b // 2
 tova       the newest query's attention, averaged over the layer's heads   yes        shared    0      0
 snapkv     attention of this forward's last `window` queries (observation  yes        yes       0      min(32, b // 2)
-           window), summed, average-pooled along the sequence (kernel `pool`, default 7)
+           window), summed, average-pooled over the prefix (the window itself is not pooled) (kernel `pool`, default 7)
 (b: the budget; *: fixed)
 
 Attention here is the softmax probability of each query head, averaged over the query heads
@@ -153,7 +153,7 @@ class TOVA(Method):
 
 class SnapKV(Method):
     """SnapKV (Li et al., 2024): the observation window's queries vote for prefix tokens; votes are
-    average-pooled along the sequence (kernel `pool`) so that neighbours of important tokens stay."""
+    average-pooled over the prefix (kernel `pool`) so that neighbours of important tokens stay."""
 
     name = "snapkv"
     needs_attention = True
@@ -164,9 +164,15 @@ class SnapKV(Method):
     def score(self, x):
         att = x.attention[:, :, -max(x.window, 1):]  # the observation window's queries (this forward's last)
         b, h, q, n = att.shape
-        votes = att.sum(dim=2).reshape(b * h, 1, n)
-        pooled = torch.nn.functional.avg_pool1d(votes, kernel_size=x.pool, stride=1, padding=x.pool // 2)
-        return pooled.reshape(b, h, n)
+        votes = att.sum(dim=2)
+        # pool the prefix only (as SnapKV does): the protected window's own votes must not spill into
+        # the scores of the last prefix tokens through the pooling kernel
+        prefix = n - min(x.window, n)
+        if prefix == 0:
+            return votes
+        pooled = torch.nn.functional.avg_pool1d(votes[..., :prefix].reshape(b * h, 1, prefix), kernel_size=x.pool,
+                                                stride=1, padding=x.pool // 2)
+        return torch.cat([pooled.reshape(b, h, prefix), votes[..., prefix:]], dim=-1)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (Streaming(), Recent(), Random(), KNorm(), H2O(), TOVA(), SnapKV())}
