@@ -19,33 +19,22 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nmx.errors import InputError, NmxError
 from nmx.model.layers import DEFAULT_TARGETS
 from nmx.model.sources import DEFAULT_MODEL
+from nmx.validation import Strict, as_value_error
 
 
-def _as_value_error(check, value):
-    """Run a library check; pydantic reports ValueErrors with their field, so convert ours."""
-    try:
-        return check(value)
-    except NmxError as err:
-        raise ValueError(str(err)) from None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Calibration(_Strict):
+class Calibration(Strict):
     text: str = "tinyshakespeare"
     samples: int = Field(128, ge=1)
     seq_len: int = Field(2048, ge=2)
     seed: int = 0
 
 
-class Sparsity(_Strict):
+class Sparsity(Strict):
     method: str = "wanda"
     pattern: str = "2:4"
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -56,17 +45,17 @@ class Sparsity(_Strict):
     def _known_method(cls, v: str) -> str:
         from nmx.sparsity.methods import get_method
 
-        return _as_value_error(get_method, v) and v
+        return as_value_error(get_method, v) and v
 
     @field_validator("pattern", mode="before")
     @classmethod
     def _valid_pattern(cls, v: Any) -> str:
         from nmx.sparsity.patterns import parse_pattern
 
-        return str(_as_value_error(parse_pattern, v))
+        return str(as_value_error(parse_pattern, v))
 
 
-class Quantization(_Strict):
+class Quantization(Strict):
     weights: Optional[str] = None
     activations: Optional[str] = None
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -77,11 +66,11 @@ class Quantization(_Strict):
         if v is not None:
             from nmx import formats
 
-            _as_value_error(formats.get, v)
+            as_value_error(formats.get, v)
         return v
 
 
-class Evaluation(_Strict):
+class Evaluation(Strict):
     text: str = "wikitext-2"
     seq_len: int = Field(2048, ge=2)
     max_windows: Optional[int] = Field(None, ge=1)
@@ -97,7 +86,7 @@ def _kv_section_error(check, value):
         raise ValueError(rest if sep and head in ("quant", "evict", "merge") else str(err)) from None
 
 
-class KVQuant(_Strict):
+class KVQuant(Strict):
     format: str = "int4"
     key_format: Optional[str] = None
     value_format: Optional[str] = None
@@ -114,7 +103,7 @@ class KVQuant(_Strict):
         if v is not None:
             from nmx.kv.policy import kv_format
 
-            _as_value_error(lambda name: kv_format(name, ""), v)
+            as_value_error(lambda name: kv_format(name, ""), v)
         return v
 
     @model_validator(mode="after")
@@ -125,7 +114,7 @@ class KVQuant(_Strict):
         return self
 
 
-class KVEvict(_Strict):
+class KVEvict(Strict):
     method: str
     sinks: Optional[int] = Field(None, ge=0)
     window: Optional[int] = Field(None, ge=0)
@@ -139,7 +128,7 @@ class KVEvict(_Strict):
     def _known_method(cls, v: str) -> str:
         from nmx.kv.evict import get_method
 
-        return _as_value_error(get_method, v) and v
+        return as_value_error(get_method, v) and v
 
     @field_validator("budget")
     @classmethod
@@ -152,7 +141,7 @@ class KVEvict(_Strict):
                                  window=info.data.get("window"))
             except NmxError:
                 return v  # the section check reports it
-            _as_value_error(lambda b: spec.check_budget(b, ""), v)
+            as_value_error(lambda b: spec.check_budget(b, ""), v)
         return v
 
     @model_validator(mode="after")
@@ -163,11 +152,11 @@ class KVEvict(_Strict):
         return self
 
 
-class KVMerge(_Strict):
+class KVMerge(Strict):
     similarity: Literal["cosine"] = "cosine"
 
 
-class KVCacheSection(_Strict):
+class KVCacheSection(Strict):
     """`kv_cache:` — quantize / evict / merge the KV cache during evaluation (see nmx.kv)."""
 
     quant: Optional[KVQuant] = None
@@ -195,7 +184,7 @@ class KVCacheSection(_Strict):
         return KVPolicy.from_dict(d)
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     model: str = DEFAULT_MODEL
     #: "auto" (a CUDA GPU where there is one, else the CPU), "cpu", "cuda" or "cuda:N"
     device: str = "auto"

@@ -52,9 +52,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nmx.errors import InputError, NmxError
+from nmx.errors import InputError
+from nmx.validation import Strict, as_value_error
 
 PE_KINDS = ("dense", "nm_fixed", "nm_reconfig", "bit_serial")
 DATAFLOWS = ("weight", "output", "input")
@@ -64,23 +65,14 @@ OPERAND_FORMATS = ("auto", "dense", "bitmap", "rle", "csr", "csc", "coo", "nm")
 DRAM_TYPES = ("hbm2e", "hbm3", "lpddr5", "ddr4")
 
 
-def _err(check, value):
-    try:
-        return check(value)
-    except NmxError as err:
-        raise ValueError(str(err)) from None
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PEArray(_Strict):
+class PEArray(Strict):
     rows: int = Field(ge=1)
     cols: int = Field(ge=1)
 
 
-class PE(_Strict):
+class PE(Strict):
     kind: Literal["dense", "nm_fixed", "nm_reconfig", "bit_serial"] = "dense"
     arith: Literal["int", "fp"] = "int"
     act_bits: int = Field(8, ge=1, le=64)
@@ -111,7 +103,7 @@ class PE(_Strict):
         return self
 
 
-class MemLevel(_Strict):
+class MemLevel(Strict):
     name: str
     kind: Literal["reg", "sram", "dram"]
     bytes_per_pe: Optional[float] = Field(None, gt=0)
@@ -133,7 +125,7 @@ class MemLevel(_Strict):
         return self
 
 
-class DataflowSpec(_Strict):
+class DataflowSpec(Strict):
     stationary: Literal["weight", "output", "input"] = "weight"
     loop_order: Optional[list[Literal["m", "n", "k"]]] = None
 
@@ -145,7 +137,7 @@ class DataflowSpec(_Strict):
         return v
 
 
-class SparsitySpec(_Strict):
+class SparsitySpec(Strict):
     weights_format: str = "auto"
     activations_format: str = "dense"
     mode: Literal["none", "gate", "skip"] = "gate"
@@ -158,18 +150,18 @@ class SparsitySpec(_Strict):
         return v
 
 
-class Dims(_Strict):
+class Dims(Strict):
     m: Optional[int] = Field(None, ge=1)
     n: Optional[int] = Field(None, ge=1)
     k: Optional[int] = Field(None, ge=1)
 
 
-class MappingSpec(_Strict):
+class MappingSpec(Strict):
     tile: Dims = Field(default_factory=Dims)
     loops: Dims = Field(default_factory=Dims)
 
 
-class AccelYaml(_Strict):
+class AccelYaml(Strict):
     name: str = "accelerator"
     tech_nm: Literal[45, 28, 16, 7] = 28
     clock_ghz: Optional[float] = Field(None, gt=0)
@@ -297,7 +289,7 @@ def load_accel(path: str | Path) -> AccelSpec:
 # ---- workload files ---------------------------------------------------------------------------
 
 
-class GemmYaml(_Strict):
+class GemmYaml(Strict):
     m: int = Field(ge=1)
     n: int = Field(ge=1)
     k: int = Field(ge=1)
@@ -313,7 +305,7 @@ class GemmYaml(_Strict):
         if v is not None:
             from nmx import formats
 
-            _err(formats.get, v)
+            as_value_error(formats.get, v)
         return v
 
     @field_validator("pattern")
@@ -322,18 +314,18 @@ class GemmYaml(_Strict):
         if v is not None:
             from nmx.sparsity.patterns import parse_pattern
 
-            return str(_err(parse_pattern, v))
+            return str(as_value_error(parse_pattern, v))
         return v
 
 
-class CompressionYaml(_Strict):
+class CompressionYaml(Strict):
     weights: Optional[str] = None
     activations: Optional[str] = None
     pattern: Optional[str] = None
     kv_format: Optional[str] = None
 
 
-class WorkloadYaml(_Strict):
+class WorkloadYaml(Strict):
     gemm: Optional[GemmYaml] = None
     model: Optional[str] = None
     phase: Literal["prefill", "decode"] = "decode"
