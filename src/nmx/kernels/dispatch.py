@@ -1,7 +1,11 @@
 """Pick the implementation of y = x W^T for a packed weight.
 
-    triton     the compressed-weight kernel (triton_linear.py): CUDA tensors, triton installed, M <= 64
-    dense      larger M on a GPU: decode W once to bf16 and call cuBLAS (correct, not faster than dense)
+    gemv       one token on a CUDA GPU with triton: the word-streaming kernel (triton_gemv.py)
+    triton     2 .. 64 tokens: the same kernel's tensor-core path (triton_gemv.word_linear)
+    tiles      (only when asked for) the first kernel: W tiles decoded per element (triton_linear.py)
+    sparse24   more tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever was
+               measured faster at that shape (sparse_gemm.py)
+    dense      more tokens otherwise: W decoded once to bf16 (kept with the packed weight) and cuBLAS
     reference  everything else (CPU tensors, no triton): the reference twin, with a warning once
 
 A non-contiguous x is copied to contiguous rows first; x of any leading shape [..., K] is flattened.
@@ -10,6 +14,7 @@ A non-contiguous x is copied to contiguous rows first; x of any leading shape [.
 from __future__ import annotations
 
 import logging
+import weakref
 from functools import lru_cache
 
 import torch
@@ -20,6 +25,8 @@ from nmx.kernels.reference import decode_weight, linear_reference
 
 log = logging.getLogger(__name__)
 MAX_KERNEL_M = 64
+BACKENDS = ("auto", "gemv", "triton", "tiles", "sparse24", "dense", "reference")
+_DENSE: "weakref.WeakKeyDictionary[PackedLinear, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
 @lru_cache(maxsize=1)
@@ -36,6 +43,14 @@ def _warn_once(reason: str) -> None:
     log.warning("nmx.kernels: %s; using the reference path (slow, same result)", reason)
 
 
+def dense_weight(p: PackedLinear) -> torch.Tensor:
+    """W decoded to bf16 once per packed weight (kept while the packed weight lives)."""
+    w = _DENSE.get(p)
+    if w is None:
+        w = _DENSE[p] = decode_weight(p).to(torch.bfloat16)
+    return w
+
+
 def choose(x: torch.Tensor, p: PackedLinear) -> str:
     m = x.numel() // max(x.shape[-1], 1)
     if x.device.type != "cuda":
@@ -43,7 +58,13 @@ def choose(x: torch.Tensor, p: PackedLinear) -> str:
     if not triton_available():
         _warn_once("triton is not installed")
         return "reference"
-    return "triton" if m <= MAX_KERNEL_M else "dense"
+    if m == 1:
+        return "gemv"
+    if m <= MAX_KERNEL_M:
+        return "triton"
+    from nmx.kernels import sparse_gemm
+
+    return "sparse24" if p.sparse24 and p.format is None and sparse_gemm.available() else "dense"
 
 
 def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Tensor:
@@ -52,17 +73,31 @@ def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Ten
         raise InputError(f"x has {x.shape[-1]} input features, the weight expects {p.k}")
     if p.values.device != x.device:
         raise InputError(f"x is on {x.device} but the packed weight is on {p.values.device}: move one (p.to(...))")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, p.k).to(torch.bfloat16).contiguous()
     backend = choose(x2, p) if backend == "auto" else backend
-    if backend == "triton":
+    if backend == "gemv":
+        from nmx.kernels.triton_gemv import gemv
+
+        y = gemv(x2, p)
+    elif backend == "triton":
+        from nmx.kernels.triton_gemv import word_linear
+
+        y = word_linear(x2, p)
+    elif backend == "tiles":
         from nmx.kernels.triton_linear import packed_linear
 
         y = packed_linear(x2, p)
+    elif backend == "sparse24":
+        if not p.sparse24:
+            raise InputError("backend 'sparse24' needs a 2:4 weight (pack(..., pattern='2:4'))")
+        from nmx.kernels.sparse_gemm import sparse24_linear
+
+        y = sparse24_linear(x2, p, lambda: dense_weight(p))
     elif backend == "dense":
-        y = torch.nn.functional.linear(x2, decode_weight(p).to(torch.bfloat16))
-    elif backend == "reference":
-        y = linear_reference(x2, p)
+        y = torch.nn.functional.linear(x2, dense_weight(p))
     else:
-        raise InputError(f"unknown backend {backend!r}: use auto, triton, dense or reference")
+        y = linear_reference(x2, p)
     return y.reshape(*lead, p.n)
