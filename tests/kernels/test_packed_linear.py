@@ -176,6 +176,21 @@ def test_one_token_kernel_on_the_gpu(fmt, pattern):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("fmt,pattern", CASES + [(None, None)])
+@pytest.mark.parametrize("m", [2, 16, 33, 64])
+def test_word_kernel_tensor_core_path_on_the_gpu(fmt, pattern, m):
+    from nmx.kernels.triton_gemv import word_linear
+
+    p = pack(weight(700, 1024, pattern, seed=m).cuda(), fmt, pattern)
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+    r = linear_reference(x, p).float()
+    for cfg in (None, {"BLOCK_M": 16, "BLOCK_N": 32, "W": 16, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3}):
+        y = word_linear(x, p, cfg, poison=True).float()
+        assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2, cfg
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
 def test_large_m_dispatch_on_the_gpu():
     """M > 64: 2:4 bf16 goes to the measured sparse/dense choice, other formats to cuBLAS on the
     decoded weight; both equal the reference within bf16 rounding, eager and inside a CUDA graph."""

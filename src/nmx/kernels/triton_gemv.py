@@ -88,8 +88,10 @@ def _dot(acc, x, w, BF16_DOT: tl.constexpr):
     """acc [BLOCK_M, BLOCK_N] += x [BLOCK_M, W] w[BLOCK_N, W]^T (w float32, rounded to bf16 for the
     tensor cores; the interpreter gets bf16 dots wrong, so float32 there)."""
     if BF16_DOT:
-        return tl.dot(x, tl.trans(w.to(tl.bfloat16)), acc)
-    return tl.dot(x, tl.trans(w), acc)
+        acc = tl.dot(x, tl.trans(w.to(tl.bfloat16)), acc)
+    else:
+        acc = tl.dot(x, tl.trans(w), acc)
+    return acc
 
 
 @triton.jit
