@@ -20,6 +20,7 @@ search (`torch._cslt_sparse_mm_search`), done once per (N, K, M bucket).
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from nmx.errors import InputError
 
 log = logging.getLogger(__name__)
 MARGIN = 0.03
+ALIGN_M = 16
 REPS = 10
 
 
@@ -76,14 +78,23 @@ def weights_for(owner: object, dense: Callable[[], torch.Tensor]) -> _Weights:
 
 
 def _sparse(w: _Weights, x: torch.Tensor, alg: int) -> torch.Tensor:
-    return torch._cslt_sparse_mm(w.compressed, x.T, alg_id=alg, transpose_result=True)
+    """cuSPARSELt wants M a multiple of 16: other M are zero-padded (a copy of x, small next to the product)."""
+    m = x.shape[0]
+    if m % ALIGN_M:
+        x = F.pad(x, (0, 0, 0, ALIGN_M - m % ALIGN_M))
+    y = torch._cslt_sparse_mm(w.compressed, x.T, alg_id=alg, transpose_result=True)
+    return y[:m] if y.shape[0] != m else y
 
 
 def _alg(w: _Weights, x: torch.Tensor) -> int:
     key = (*w.dense.shape, bucket(x.shape[0]))
     if key not in DECISIONS.alg:
+        if x.shape[0] % ALIGN_M:
+            x = F.pad(x, (0, 0, 0, ALIGN_M - x.shape[0] % ALIGN_M))
         try:
-            DECISIONS.alg[key] = int(torch._cslt_sparse_mm_search(w.compressed, x.T))
+            with warnings.catch_warnings():  # "deprecated" (PyTorch 2.11); its successor is private too
+                warnings.simplefilter("ignore")
+                DECISIONS.alg[key] = int(torch._cslt_sparse_mm_search(w.compressed, x.T))
         except RuntimeError as err:  # some builds cannot search: the default algorithm
             log.warning("nmx.kernels: cuSPARSELt algorithm search failed (%s); using algorithm 0", err)
             DECISIONS.alg[key] = 0
