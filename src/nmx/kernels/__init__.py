@@ -4,12 +4,17 @@
     p = pack(weight, "nvfp4", "2:4")     # nmx's encoding, re-arranged for the kernel (layout.py)
     y = linear(x, p)                     # Triton on a CUDA GPU for M <= 64 tokens; else the reference
 
+    fake_quant(x, "mxfp4")               # quantize -> dequantize in one pass, bit-identical to nmx.formats
+
 `layout.py` documents the byte layout; `reference.py` is the CPU twin (the same decode in plain
 torch); `triton_linear.py` the Triton kernel; `dispatch.py` picks one.
 """
 
 from nmx.kernels.dispatch import linear
+from nmx.kernels.fakequant import fake_quant, fake_quant_reference
+from nmx.kernels.fakequant import supported_formats as fake_quant_formats
 from nmx.kernels.layout import PackedLinear, kernel_format, pack
 from nmx.kernels.reference import decode_weight, linear_reference
 
-__all__ = ["PackedLinear", "pack", "linear", "kernel_format", "decode_weight", "linear_reference"]
+__all__ = ["PackedLinear", "pack", "linear", "kernel_format", "decode_weight", "linear_reference", "fake_quant",
+           "fake_quant_reference", "fake_quant_formats"]
