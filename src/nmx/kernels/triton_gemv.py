@@ -57,13 +57,47 @@ def _dec(c, ELEMENT: tl.constexpr):
 
 
 @triton.jit
-def _scale(scales_ptr, rows, words, n_mask, K, SCALE: tl.constexpr, BLOCK: tl.constexpr, WC: tl.constexpr):
-    """The block scale of every (row, word) as float32 [BLOCK_N, W]."""
-    ptrs = scales_ptr + rows * (K // BLOCK) + (words * WC // BLOCK)[None, :]
+def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero):
+    """Element j of every word v (uint32) -> float32, reading the code where it lies.
+
+    int4 (one bit operation and one add): the nibble is masked in place and its top bit flipped
+    (two's complement -> offset binary) inside a float32 whose exponent makes the nibble's lowest
+    bit worth 1: 2^(23 - 4i) + (code ^ 8) for nibble i of a half-word, minus the constant.
+    e2m1: magnitude bits moved to the float's exponent/mantissa (value * 2^-126), sign bit to bit 31
+    of the constant +-2^126 that restores the scale; masks first, then shifts, so no extraction.
+    `zero` is a run-time 0 added to the constants: it keeps them in registers, so that the compiler
+    can fold a mask and a constant into one three-input logic instruction (LOP3)."""
+    if ELEMENT == 2:
+        i: tl.constexpr = j % 4
+        src = v if j < 4 else v >> 16
+        keep: tl.constexpr = 15 << (4 * i)
+        flip: tl.constexpr = (8 << (4 * i)) | ((150 - 4 * i) << 23)
+        bits = (src & keep) ^ (zero + flip).to(tl.uint32, bitcast=True)
+        out = bits.to(tl.float32, bitcast=True) - (2.0 ** (23 - 4 * i) + 8.0)
+    elif ELEMENT == 1 or ELEMENT == 3:  # a small float: e2m1 (mantissa 1 bit) or e4m3 (3 bits)
+        lo: tl.constexpr = BITS * j
+        MB: tl.constexpr = 1 if ELEMENT == 1 else 3
+        MAG: tl.constexpr = ((1 << (BITS - 1)) - 1) << lo
+        # +-2^126 (e2m1) or +-2^120 (e4m3): the exponent bias difference, signed by the code
+        BIAS: tl.constexpr = 0x7E800000 if ELEMENT == 1 else 0x7B800000
+        if lo <= 23 - MB:
+            mag = (v & MAG) * (1 << (23 - MB - lo))
+        else:
+            mag = (v & MAG) >> (lo - 23 + MB)
+        sign = ((v << (32 - lo - BITS)) & 0x80000000) | (zero + BIAS).to(tl.uint32, bitcast=True)
+        out = mag.to(tl.float32, bitcast=True) * sign.to(tl.float32, bitcast=True)
+    else:  # bf16: the half-word moved to a float32's top
+        out = ((v << 16) if j == 0 else (v & 0xFFFF0000)).to(tl.float32, bitcast=True)
+    return out
+
+
+@triton.jit
+def _scale_raw(scales_ptr, rows, blk, mask, stride_s, SCALE: tl.constexpr):
+    ptrs = scales_ptr + rows * stride_s + blk
     if SCALE == 3:
-        s = tl.load(ptrs, mask=n_mask[:, None], other=0.0).to(tl.float32)
+        s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     else:
-        c = tl.load(ptrs, mask=n_mask[:, None], other=0).to(tl.uint32)
+        c = tl.load(ptrs, mask=mask, other=0).to(tl.uint32)
         if SCALE == 1:  # e8m0: 2^(c - 127); code 0 is 2^-127, a float32 subnormal
             s = tl.where(c == 0, 0x00400000, c << 23).to(tl.float32, bitcast=True)
         else:  # ue4m3
@@ -72,8 +106,18 @@ def _scale(scales_ptr, rows, words, n_mask, K, SCALE: tl.constexpr, BLOCK: tl.co
 
 
 @triton.jit
-def _xs(x_ptr, cols):
-    return tl.load(x_ptr + cols).to(tl.float32)[None, :]
+def _scale(scales_ptr, rows, words, mask, stride_s, SCALE: tl.constexpr, BLOCK: tl.constexpr, WC: tl.constexpr):
+    """The block scale of every (row, word) as float32 [BLOCK_N, W] (rows [BLOCK_N, 1], words [1, W])."""
+    ptrs = scales_ptr + rows * stride_s + words * WC // BLOCK
+    if SCALE == 3:
+        s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        c = tl.load(ptrs, mask=mask, other=0).to(tl.uint32)
+        if SCALE == 1:  # e8m0: 2^(c - 127); code 0 is 2^-127, a float32 subnormal
+            s = tl.where(c == 0, 0x00400000, c << 23).to(tl.float32, bitcast=True)
+        else:  # ue4m3
+            s = _dec(c, 3)
+    return s
 
 
 @triton.jit
@@ -95,13 +139,103 @@ def _dot(acc, x, w, BF16_DOT: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N, K, stride_xm, stride_ym,
-                 ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
-                 BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr,
-                 SPLIT_K: tl.constexpr, TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
-    """BLOCK_M == 1: FMAs into a [BLOCK_N, W] accumulator (one token). BLOCK_M >= 16: the same decode,
-    element j of every word forming a [BLOCK_N, W] operand of a tensor-core dot with x's columns
-    j, j + WC, ... (the dot's K order is a permutation of K, the same for both operands)."""
+def _x_load(ptrs, words, KW, EVEN: tl.constexpr):
+    """A [1, W] tile of x read as int32 pairs of bf16 (masked past the row's KW words unless EVEN)."""
+    if EVEN:
+        pairs = tl.load(ptrs)
+    else:
+        pairs = tl.load(ptrs, mask=words < KW, other=0)
+    return pairs.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _x_half(pairs, HIGH: tl.constexpr):
+    """One bf16 of each int32 pair (the low half: the even column) as float32."""
+    if HIGH:
+        out = (pairs & 0xFFFF0000).to(tl.float32, bitcast=True)
+    else:
+        out = (pairs << 16).to(tl.float32, bitcast=True)
+    return out[None, :]
+
+
+@triton.jit
+def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, N, KW, stride_w, stride_meta,
+                  stride_s, zero,
+                  ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
+                  BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
+                  TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr):
+    """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
+    block scale applied to that sum. x is read as int32 pairs of bf16 ([1, W] tiles in the weight
+    tile's own layout: no shuffles through shared memory). EVEN: the split's tiles cover the row
+    exactly (else the words past KW are masked)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows = offs_n[:, None]
+    PER: tl.constexpr = 32 // BITS  # elements per word
+    WC: tl.constexpr = 2 * PER if SPARSE else PER  # dense columns per word
+    acc = tl.zeros((BLOCK_N, W), dtype=tl.float32)
+    for t in range(0, TILES_PER_SPLIT):
+        words1 = (pid_k * TILES_PER_SPLIT + t) * W + tl.arange(0, W)
+        words1 = tl.max_contiguous(tl.multiple_of(words1, W), W)
+        words = words1[None, :]
+        wmask = n_mask[:, None] if EVEN else n_mask[:, None] & (words < KW)
+        v = tl.load(vals_ptr + rows * stride_w + words, mask=wmask, other=0).to(tl.uint32, bitcast=True)
+        xcol = words1 * (WC // 2)  # first x pair of each word (1-D: x is small, its layout is what moves)
+        part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
+        if SPARSE:
+            if BITS == 16:  # one group per word: its nibble of the byte shared with the next word
+                mb = tl.load(meta_ptr + rows * stride_meta + words // 2, mask=wmask, other=0)
+                meta = mb.to(tl.uint32) >> ((words & 1) * 4)
+            elif BITS == 8:  # two groups: one meta byte per word
+                meta = tl.load(meta_ptr + rows * stride_meta + words, mask=wmask, other=0).to(tl.uint32)
+            else:  # four groups: 16 bits per word (meta read as int16)
+                mh = tl.load(meta_ptr + rows * stride_meta + words, mask=wmask, other=0)
+                meta = mh.to(tl.uint16, bitcast=True).to(tl.uint32)
+            for g in tl.static_range(PER // 2):
+                pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, EVEN)
+                pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, EVEN)
+                x0 = _x_half(pa, False)
+                x1 = _x_half(pa, True)
+                x2 = _x_half(pb, False)
+                x3 = _x_half(pb, True)
+                # p0 in {0, 1, 2} and p1 in {1, 2, 3}: select x by testing the nibble's bits in place
+                xa = tl.where((meta & (2 << (4 * g))) != 0, x2, tl.where((meta & (1 << (4 * g))) != 0, x1, x0))
+                xb = tl.where((meta & (8 << (4 * g))) != 0, tl.where((meta & (4 << (4 * g))) != 0, x3, x2), x1)
+                part += _dec_at(v, 2 * g, BITS, ELEMENT, zero) * xa
+                part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero) * xb
+        else:
+            for q in tl.static_range(PER // 2):
+                pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
+                part += _dec_at(v, 2 * q, BITS, ELEMENT, zero) * _x_half(pr, False)
+                part += _dec_at(v, 2 * q + 1, BITS, ELEMENT, zero) * _x_half(pr, True)
+        if SCALE != 0:
+            NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
+            blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
+            sc = _scale_raw(scales_ptr, rows, blk, n_mask[:, None], stride_s, SCALE)
+            sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, NB, W // NB)), (BLOCK_N, W))
+            acc += part * sc
+        else:
+            acc += part
+    out = tl.sum(acc, axis=1)
+    if SCALE == 2:
+        out = out * tensor_scale
+    if SPLIT_K == 1:
+        tl.store(y_ptr + offs_n, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+    else:
+        tl.atomic_add(y_ptr + offs_n, out, mask=n_mask)
+
+
+@triton.jit
+def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm, stride_ym, stride_w,
+                stride_meta, stride_s, zero,
+                ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
+                BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr,
+                SPLIT_K: tl.constexpr, TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
+    """Several tokens: the same decode, element j of every word forming a [BLOCK_N, W] operand of a
+    tensor-core dot with x's columns j, j + WC, ... (the dot's K order is a permutation of K, the
+    same for both operands); scales multiply the weights before the dot."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -110,87 +244,64 @@ def _gemv_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, 
     n_mask = offs_n < N
     m_mask = offs_m < M
     rows = offs_n[:, None]
-    GEMV: tl.constexpr = BLOCK_M == 1
     PER: tl.constexpr = 32 // BITS  # elements per word
     WC: tl.constexpr = 2 * PER if SPARSE else PER  # dense columns per word
-    KW = K // WC  # words per row
-    CODE: tl.constexpr = (1 << BITS) - 1
-    if GEMV:
-        acc = tl.zeros((BLOCK_N, W), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(0, TILES_PER_SPLIT):
         words = (pid_k * TILES_PER_SPLIT + t) * W + tl.arange(0, W)
-        v = tl.load(vals_ptr + rows * KW + words[None, :], mask=n_mask[:, None], other=0).to(tl.uint32, bitcast=True)
+        words = tl.max_contiguous(tl.multiple_of(words, W), W)
+        v = tl.load(vals_ptr + rows * stride_w + words[None, :], mask=n_mask[:, None], other=0)
+        v = v.to(tl.uint32, bitcast=True)
         col = words * WC  # first dense column of each word
-        part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
         if SCALE != 0:
-            s = _scale(scales_ptr, rows, words, n_mask, K, SCALE, BLOCK, WC)
+            s = _scale(scales_ptr, rows, words[None, :], n_mask[:, None], stride_s, SCALE, BLOCK, WC)
         if SPARSE:
             if BITS == 16:  # one group per word: its nibble of the byte shared with the next word
-                mb = tl.load(meta_ptr + rows * (K // 8) + (words // 2)[None, :], mask=n_mask[:, None], other=0)
+                mb = tl.load(meta_ptr + rows * stride_meta + (words // 2)[None, :], mask=n_mask[:, None], other=0)
                 meta = mb.to(tl.uint32) >> ((words & 1) * 4)[None, :]
             elif BITS == 8:  # two groups: one meta byte per word
-                meta = tl.load(meta_ptr + rows * (K // 8) + words[None, :], mask=n_mask[:, None], other=0).to(tl.uint32)
+                meta = tl.load(meta_ptr + rows * stride_meta + words[None, :], mask=n_mask[:, None], other=0)
+                meta = meta.to(tl.uint32)
             else:  # four groups: 16 bits per word (meta read as int16)
-                mh = tl.load(meta_ptr + rows * (K // 16) + words[None, :], mask=n_mask[:, None], other=0)
+                mh = tl.load(meta_ptr + rows * stride_meta + words[None, :], mask=n_mask[:, None], other=0)
                 meta = mh.to(tl.uint16, bitcast=True).to(tl.uint32)
             for g in tl.static_range(PER // 2):
                 nib = meta >> (4 * g)
                 p0 = nib & 3
                 p1 = (nib >> 2) & 3
-                d0 = _dec((v >> (BITS * 2 * g)) & CODE, ELEMENT)
-                d1 = _dec((v >> (BITS * (2 * g + 1))) & CODE, ELEMENT)
-                if GEMV:
-                    x0 = _xs(x_ptr, col + 4 * g)
-                    x1 = _xs(x_ptr, col + 4 * g + 1)
-                    x2 = _xs(x_ptr, col + 4 * g + 2)
-                    x3 = _xs(x_ptr, col + 4 * g + 3)
-                    part += d0 * tl.where(p0 == 0, x0, tl.where(p0 == 1, x1, x2))
-                    part += d1 * tl.where(p1 == 3, x3, tl.where(p1 == 2, x2, x1))
-                else:  # the group's 4 dense columns, each one dot
-                    if SCALE != 0:
-                        d0 = d0 * s
-                        d1 = d1 * s
-                    for r in tl.static_range(4):
-                        wr = tl.where(p0 == r, d0, tl.where(p1 == r, d1, 0.0))
-                        acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + 4 * g + r, BF16_DOT), wr,
-                                   BF16_DOT)
+                d0 = _dec_at(v, 2 * g, BITS, ELEMENT, zero)
+                d1 = _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero)
+                if SCALE != 0:
+                    d0 = d0 * s
+                    d1 = d1 * s
+                for r in tl.static_range(4):  # the group's 4 dense columns, one dot each
+                    wr = tl.where(p0 == r, d0, tl.where(p1 == r, d1, 0.0))
+                    acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + 4 * g + r, BF16_DOT), wr,
+                               BF16_DOT)
         else:
             for j in tl.static_range(PER):
-                d = _dec((v >> (BITS * j)) & CODE, ELEMENT)
-                if GEMV:
-                    part += d * _xs(x_ptr, col + j)
-                else:
-                    if SCALE != 0:
-                        d = d * s
-                    acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + j, BF16_DOT), d, BF16_DOT)
-        if GEMV:
-            if SCALE != 0:
-                acc += part * s
-            else:
-                acc += part
-    if GEMV:
-        out = tl.sum(acc, axis=1)[None, :]
-    else:
-        out = acc
+                d = _dec_at(v, j, BITS, ELEMENT, zero)
+                if SCALE != 0:
+                    d = d * s
+                acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + j, BF16_DOT), d, BF16_DOT)
     if SCALE == 2:
-        out = out * tensor_scale
+        acc = acc * tensor_scale
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K == 1:
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=mask)
+        tl.atomic_add(y_ptrs, acc, mask=mask)
 
 
 def default_config(m: int, n: int, k: int, p: PackedLinear) -> dict[str, int]:
     """Tile sizes by shape (benchmarks/kernels_bench.py --sweep on an H200)."""
     words = k // word_columns(p)
-    w = 64 if words % 64 == 0 else 32 if words % 32 == 0 else 16
     if m == 1:
-        return {"BLOCK_M": 1, "BLOCK_N": 16, "W": min(w, words), "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
-    return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": 64, "W": min(32, w, words), "SPLIT_K": 1,
+        return {"BLOCK_M": 1, "BLOCK_N": 8, "W": min(512, triton.next_power_of_2(words)), "SPLIT_K": 1,
+                "num_warps": 4, "num_stages": 3}
+    w = 32 if words % 32 == 0 else 16
+    return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": 64, "W": w, "SPLIT_K": 1,
             "num_warps": 4, "num_stages": 3}
 
 
@@ -202,34 +313,58 @@ def _word_view(p: PackedLinear) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, meta
 
 
+def _launch_args(p: PackedLinear) -> tuple:
+    vals, meta = _word_view(p)
+    return (vals, meta if meta is not None else vals, p.scales if p.scales is not None else vals,
+            float(p.tensor_scale))
+
+
+def _consts(p: PackedLinear) -> dict:
+    return dict(ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1, SPARSE=p.sparse24,
+                BITS=ELEMENT_BITS[p.element])
+
+
+def _strides(p: PackedLinear) -> tuple[int, int, int]:
+    vals, meta = _word_view(p)
+    return vals.stride(0), meta.stride(0) if meta is not None else 0, p.scales.stride(0) if p.scales is not None else 0
+
+
 def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = None,
                 poison: bool = False) -> torch.Tensor:
     """y [M, N] (bf16) = x [M, K] (bf16, contiguous rows) W^T on the GPU. BLOCK_M = 1 in the config
-    (the default for M = 1) streams one token at a time; BLOCK_M >= 16 uses the tensor cores.
+    (the default for M = 1) runs the one-token kernel (M must be 1); BLOCK_M >= 16 the tensor cores.
     `poison` fills the output with NaN first (tests: every element must be written)."""
     m, k = x.shape
     cfg = dict(config or default_config(m, p.n, k, p))
     words = k // word_columns(p)
-    split, w = cfg.pop("SPLIT_K"), cfg.pop("W")
-    if words % (w * split):
-        raise ValueError(f"config {config}: W x SPLIT_K words must divide the {words} words of a row")
-    if cfg["BLOCK_M"] > 1 and (cfg["BLOCK_M"] < 16 or w < 16):
-        raise ValueError(f"config {config}: the tensor-core path needs BLOCK_M >= 16 and W >= 16")
+    split, w, block_m = cfg.pop("SPLIT_K"), cfg.pop("W"), cfg.pop("BLOCK_M")
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+    one = block_m == 1
+    if one and m != 1:
+        raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
+    tiles = triton.cdiv(words, w * split) if one else words // (w * split)
+    if not one and (words % (w * split) or block_m < 16 or w < 16):
+        raise ValueError(f"config {config}: the tensor-core path needs W x SPLIT_K to divide the {words} words of a "
+                         "row, BLOCK_M >= 16 and W >= 16")
     if split > 1:
         y = torch.zeros((m, p.n), device=x.device, dtype=torch.float32)
     else:
         y = torch.empty((m, p.n), device=x.device, dtype=torch.bfloat16)
         if poison:
             y.fill_(float("nan"))
-    vals, meta = _word_view(p)
-    grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
-    _gemv_kernel[grid](
-        x, vals, meta if meta is not None else vals, p.scales if p.scales is not None else vals, y,
-        float(p.tensor_scale), m, p.n, k, x.stride(0), y.stride(0),
-        ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1, SPARSE=p.sparse24,
-        BITS=ELEMENT_BITS[p.element], W=w, SPLIT_K=split, TILES_PER_SPLIT=words // (w * split),
-        BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", num_warps=warps, num_stages=stages, **cfg)
+    vals, meta, scales, tensor_scale = _launch_args(p)
+    stride_w, stride_meta, stride_s = _strides(p)
+    if one:
+        grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split)
+        _gemv1_kernel[grid](x.view(torch.int32), vals, meta, scales, y, tensor_scale, p.n, words, stride_w,
+                            stride_meta, stride_s, 0, **_consts(p), W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles,
+                            EVEN=words % (w * split) == 0, num_warps=warps, num_stages=stages, **cfg)
+    else:
+        grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
+        _dot_kernel[grid](x, vals, meta, scales, y, tensor_scale, m, p.n, x.stride(0), y.stride(0), stride_w,
+                          stride_meta, stride_s, 0, **_consts(p), BLOCK_M=block_m, W=w, SPLIT_K=split,
+                          TILES_PER_SPLIT=tiles, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1",
+                          num_warps=warps, num_stages=stages, **cfg)
     return y if split == 1 else y.to(torch.bfloat16)
 
 
