@@ -48,7 +48,12 @@ MIN_PROGRAMS = 264  # two waves of an H100/H200's 132 SMs: small tensors get sma
 SIGN_BIT = tl.constexpr(-(2**31))
 ABS_MASK = tl.constexpr(0x7FFFFFFF)
 INF_BITS = tl.constexpr(0x7F800000)
-NAN = tl.constexpr(float("nan"))
+NAN_BITS = tl.constexpr(0x7FC00000)  # a quiet NaN; kept as bits: Triton re-checks globals by ==, and NaN != NaN
+
+
+@triton.jit
+def _nan():
+    return tl.full((), NAN_BITS, tl.uint32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -133,7 +138,7 @@ def _mx(x, amax_bits, bad, RULE: tl.constexpr, MBITS: tl.constexpr, EMAX: tl.con
         dm = db & 0x7FFFFF
         sx = tl.where(de == -127, tl.where(dm > 0x400000, -126, -127), de + (dm != 0).to(tl.int32))
     sx = tl.minimum(tl.maximum(sx, -127), 127)
-    scale = tl.where(bad, NAN, _e8m0(sx + 127))[:, None]
+    scale = tl.where(bad, _nan(), _e8m0(sx + 127))[:, None]
     v = x * _e8m0(127 - sx)[:, None]  # x / 2^X, exact (but for subnormal results)
     vb = _i32(v)
     a = _f32(vb & ABS_MASK)
@@ -160,7 +165,7 @@ def _nvfp4(x, amax_bits, bad, amax_ptr):
     qe = tl.maximum(q.to(tl.int64, bitcast=True) >> 52, 1023 - 6)  # biased exponent, at least emin = -6
     magic = (((qe + (52 - 3)) << 52) | (1 << 51)).to(tl.float64, bitcast=True)
     sb = ((q + magic) - magic).to(tl.float32)  # exact: a UE4M3 value
-    sb = tl.where(bad, NAN, sb)  # NaN or Inf in the block: the NaN scale
+    sb = tl.where(bad, _nan(), sb)  # NaN or Inf in the block: the NaN scale
     # elements: round_e2m1(x / fl32(sb * s)), saturating at 6 (FloatElement.round with `exact`)
     d = sb * s
     v = tl.math.div_rn(x, d[:, None])
@@ -197,7 +202,7 @@ def _fp16_scale(raw):
 @triton.jit
 def _int_sym(x, amax_bits, bad, QMAX: tl.constexpr):
     scale = _fp16_scale(tl.math.div_rn(_f32(amax_bits), QMAX * 1.0))
-    scale = tl.where(bad, NAN, scale)[:, None]  # NaN or Inf in the group
+    scale = tl.where(bad, _nan(), scale)[:, None]  # NaN or Inf in the group
     q = tl.minimum(_rint(tl.math.div_rn(_f32(_i32(x) & ABS_MASK), scale)), QMAX * 1.0)  # (NaN: masked below)
     codes = tl.where(q == 0.0, 0.0, _with_sign_of(q, x))  # -0 -> +0: two's complement has no -0
     codes = tl.where(scale > 0.0, codes, 0.0)
@@ -211,7 +216,7 @@ def _int_asym(x, bad, QMAX: tl.constexpr):
     hi = tl.max(x, axis=1)
     hi = tl.where(hi < 0.0, 0.0, hi)
     scale = _fp16_scale(tl.math.div_rn(hi - lo, QMAX * 1.0))
-    scale = tl.where(bad, NAN, scale)
+    scale = tl.where(bad, _nan(), scale)
     z = (-lo).to(tl.float64) / scale.to(tl.float64)  # float64 as nmx: round(-lo / scale)
     z = tl.where(z < 4503599627370496.0, (z + 4503599627370496.0) - 4503599627370496.0, z)
     z = tl.where(z > QMAX, QMAX, z)

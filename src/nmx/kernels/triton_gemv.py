@@ -213,7 +213,8 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
         if SCALE != 0:
             NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
             blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
-            sc = _scale_raw(scales_ptr, rows, blk, n_mask[:, None], stride_s, SCALE)
+            smask = n_mask[:, None] if EVEN else n_mask[:, None] & (blk < KW * WC // BLOCK)
+            sc = _scale_raw(scales_ptr, rows, blk, smask, stride_s, SCALE)
             sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BLOCK_N, NB, W // NB)), (BLOCK_N, W))
             acc += part * sc
         else:
@@ -297,9 +298,10 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
 def default_config(m: int, n: int, k: int, p: PackedLinear) -> dict[str, int]:
     """Tile sizes by shape (benchmarks/kernels_bench.py --sweep on an H200)."""
     words = k // word_columns(p)
-    if m == 1:
-        return {"BLOCK_M": 1, "BLOCK_N": 8, "W": min(512, triton.next_power_of_2(words)), "SPLIT_K": 1,
-                "num_warps": 4, "num_stages": 3}
+    if m == 1:  # best of the sweep on 4096x4096 (kernels_h200_run5.json); 2:4 bf16 liked narrower programs
+        narrow = p.sparse24 and p.element == "bf16"
+        return {"BLOCK_M": 1, "BLOCK_N": 4 if narrow else 8, "W": min(256, triton.next_power_of_2(words)), "SPLIT_K": 1,
+                "num_warps": 2 if narrow else 4, "num_stages": 2}
     w = 32 if words % 32 == 0 else 16
     return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": 64, "W": w, "SPLIT_K": 1,
             "num_warps": 4, "num_stages": 3}
