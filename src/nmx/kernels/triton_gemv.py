@@ -206,10 +206,27 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 part += _dec_at(v, 2 * g, BITS, ELEMENT, zero) * xa
                 part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero) * xb
         else:
-            for q in tl.static_range(PER // 2):
-                pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
-                part += _dec_at(v, 2 * q, BITS, ELEMENT, zero) * _x_half(pr, False)
-                part += _dec_at(v, 2 * q + 1, BITS, ELEMENT, zero) * _x_half(pr, True)
+            PAIRS: tl.constexpr = PER // 2
+            if PAIRS == 4:  # x for the whole tile in one vector load, split into its 4 pairs in registers
+                xp = x32_ptr + xcol[:, None] + tl.arange(0, 4)[None, :]
+                xt = tl.load(xp) if EVEN else tl.load(xp, mask=(words1 < KW)[:, None], other=0)
+                xt = xt.to(tl.uint32, bitcast=True)
+                e, o = tl.split(tl.reshape(xt, (W, 2, 2)))
+                x_0, x_2 = tl.split(e)
+                x_1, x_3 = tl.split(o)
+                part += _dec_at(v, 0, BITS, ELEMENT, zero) * _x_half(x_0, False)
+                part += _dec_at(v, 1, BITS, ELEMENT, zero) * _x_half(x_0, True)
+                part += _dec_at(v, 2, BITS, ELEMENT, zero) * _x_half(x_1, False)
+                part += _dec_at(v, 3, BITS, ELEMENT, zero) * _x_half(x_1, True)
+                part += _dec_at(v, 4, BITS, ELEMENT, zero) * _x_half(x_2, False)
+                part += _dec_at(v, 5, BITS, ELEMENT, zero) * _x_half(x_2, True)
+                part += _dec_at(v, 6, BITS, ELEMENT, zero) * _x_half(x_3, False)
+                part += _dec_at(v, 7, BITS, ELEMENT, zero) * _x_half(x_3, True)
+            else:
+                for q in tl.static_range(PAIRS):
+                    pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
+                    part += _dec_at(v, 2 * q, BITS, ELEMENT, zero) * _x_half(pr, False)
+                    part += _dec_at(v, 2 * q + 1, BITS, ELEMENT, zero) * _x_half(pr, True)
         if SCALE != 0:
             NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
             blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
