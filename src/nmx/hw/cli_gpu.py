@@ -92,7 +92,7 @@ def register(hw_app: typer.Typer) -> None:
         sparsity: Optional[str] = typer.Option(None, "--sparsity", help="2:4 uses sparse tensor cores."),
         weights: Optional[str] = typer.Option(None, "--weights", help="nmx weight format (bytes; dequantized "
                                                                        "in registers unless native)."),
-        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today) or ideal."),
+        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today), ideal (cached plans, fused dequantization) or nmx (nmx's own kernels as measured)."),
         shapes: Optional[Path] = typer.Option(None, "--shapes", help="CSV with columns m,n,k[,dtype,sparsity]."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -162,7 +162,7 @@ def register(hw_app: typer.Typer) -> None:
         activations: Optional[str] = typer.Option(None, "--activations"),
         sparsity: Optional[str] = typer.Option(None, "--sparsity", help="Override: pattern of the linears."),
         kv_format: Optional[str] = typer.Option(None, "--kv-format"),
-        impl: str = typer.Option("pytorch", "--impl", help="pytorch or ideal."),
+        impl: str = typer.Option("pytorch", "--impl", help="pytorch, ideal or nmx (nmx's own kernels as measured)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Per-op latency table and totals of one prefill or decode step of an LLM."""

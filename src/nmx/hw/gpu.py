@@ -43,7 +43,7 @@ from typing import Any, Iterable
 from nmx.errors import InputError
 
 DTYPES = ("bf16", "fp16", "fp8", "int8", "fp4", "tf32")
-IMPLS = ("pytorch", "ideal")
+IMPLS = ("pytorch", "ideal", "nmx")
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "tf32": 4, "fp8": 1, "int8": 1, "fp4": 0.5}
 
 
@@ -79,6 +79,9 @@ class GpuTarget:
     row_s_per_element: float = 1.5e-9
     sparse_call_s: float = 7e-4
     sparse_eff: float = 1.0  # the fraction of the sparse tensor cores' 2x that 2:4 kernels reach
+    # nmx's own compressed-weight kernels (impl "nmx"): seconds per dense weight to decode, per kernel
+    # path ("gemv": one token, "dot": 2..64 tokens) and element kind (+ "+24" for 2:4), e.g. "gemv:e2m1+24"
+    decode_s_per_weight: dict[str, float] = field(default_factory=dict)
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -164,18 +167,59 @@ def _weight_bits(n: int, k: int, weights: str | None, sparsity: str | None, dtyp
     return weight_storage((n, k), density, weights, sparsity)["bits"]
 
 
+def nmx_decode_key(m: int, weights: str | None, sparsity: str | None) -> str:
+    """The `decode_s_per_weight` key of nmx's kernel for this product (see `nmx.kernels.dispatch`)."""
+    from nmx.kernels.layout import kernel_format
+
+    element = kernel_format(weights)[0]
+    if sparsity not in (None, "2:4"):
+        raise InputError(f"nmx's kernels read dense or 2:4 weights, not {sparsity!r}")
+    return f"{'gemv' if m == 1 else 'dot'}:{element}{'+24' if sparsity else ''}"
+
+
+def _nmx_gemm(t: GpuTarget, m: int, n: int, k: int, sparsity: str | None, weights: str | None) -> dict[str, Any]:
+    """nmx's kernels as the dispatcher runs them: up to 64 tokens the packed-weight kernel, a roofline
+    with a third roof, the decode of every weight (fitted per kernel path and element kind); more
+    tokens: 2:4 bf16 as the faster of the sparse tensor cores and cuBLAS, else cuBLAS on the weight
+    decoded once (dense bf16)."""
+    if m > 64:
+        if sparsity == "2:4" and weights is None:
+            return min((gemm(t, m, n, k, "bf16", s, None, "ideal") for s in ("2:4", None)),
+                       key=lambda r: r["latency_s"]) | {"impl": "nmx"}
+        return gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx", "weights": weights}
+    key = nmx_decode_key(m, weights, sparsity)
+    if key not in t.decode_s_per_weight:
+        raise InputError(f"{t.name} has no measurement of nmx's kernel {key!r} (impl 'nmx' is calibrated on: "
+                         f"{', '.join(sorted(t.decode_s_per_weight)) or 'nothing'})")
+    w_bytes = _weight_bits(n, k, weights, sparsity, "bf16") / 8
+    nbytes = w_bytes + m * k * 2 + m * n * 2
+    compute = 2.0 * 64 * math.ceil(n / 128) * 128 * k / (t.peak("bf16") * t.efficiency("bf16")) if m > 1 else 0.0
+    decode = n * k * t.decode_s_per_weight[key]
+    r = _result(t, t.launch_s, t.memory_s(nbytes, "gemm"), max(compute, decode), m=m, n=n, k=k,
+                flops=2.0 * m * n * k, bytes=nbytes, weight_bytes=w_bytes, dtype="bf16", sparsity=sparsity,
+                weights=weights, impl="nmx", decode_s=decode)
+    if decode >= max(r["memory_s"], compute) and r["bound"] != "overhead":
+        r["bound"] = "decode"
+    return r
+
+
 def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", sparsity: str | None = None,
          weights: str | None = None, impl: str = "pytorch") -> dict[str, Any]:
     """Latency of y[m, n] = x[m, k] W[n, k]^T. `sparsity` "2:4" uses the sparse tensor cores
     (other patterns only shrink the weight bytes of a weight-only kernel); `impl` "pytorch" is
     what PyTorch does today (its 2:4 path pays a plan setup per call), "ideal" a kernel with
-    cached plans and fused dequantization."""
+    cached plans and fused dequantization, "nmx" nmx's own kernels as measured (`_nmx_gemm`)."""
     t = get_target(target)
     for label, v in (("m", m), ("n", n), ("k", k)):
         if not isinstance(v, int) or v < 1:
             raise InputError(f"gemm: {label} must be a positive integer, got {v!r}")
     if impl not in IMPLS:
         raise InputError(f"unknown implementation {impl!r}: use one of {', '.join(IMPLS)}")
+    if impl == "nmx":
+        sparsity = sparsity.replace(" ", "") if sparsity else None
+        if dtype != "bf16":
+            raise InputError("impl 'nmx': nmx's kernels compute in bf16 (the weight format is --weights)")
+        return _nmx_gemm(t, m, n, k, sparsity, weights)
     if weights is not None:
         from nmx import formats
 
@@ -280,13 +324,17 @@ def load_measurements(path: str | Path | None = None) -> tuple[dict[str, Any], l
     body = [ln for ln in lines if not ln.startswith("# ")]
     rows = []
     for r in csv.DictReader(body):
-        rows.append({k: (v if k in ("op", "dtype", "sparsity") else (float(v) if v else 0.0)) for k, v in r.items()})
+        rows.append({k: (v if k in ("op", "dtype", "sparsity", "weights") else (float(v) if v else 0.0))
+                     for k, v in r.items()})
     return header, rows
 
 
 def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
     """The model's latency for one measured row (the kernel exactly as benchmarks/gpu_calibrate.py ran it)."""
     i = lambda key: int(row[key])  # noqa: E731
+    if row["op"] == "nmx_linear":  # nmx's packed-weight kernel, replayed from CUDA graphs
+        return gemm(target, i("m"), i("n"), i("k"), "bf16", row["sparsity"] or None, row["weights"] or None,
+                    impl="nmx")["latency_s"]
     if row["op"] == "gemm":  # "2:4@graph": replayed from a CUDA graph, so without PyTorch's plan setup
         sparsity, _, how = (row["sparsity"] or "").partition("@")
         return gemm(target, i("m"), i("n"), i("k"), row["dtype"], sparsity or None,
@@ -302,6 +350,9 @@ def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
 
 
 def op_class(row: dict[str, Any]) -> str:
+    if row["op"] == "nmx_linear":
+        return "nmx " + ("gemv" if row["m"] == 1 else "dot") + " " + "+".join(
+            x for x in (row["sparsity"], row["weights"] or "bf16") if x)
     if row["op"] == "gemm":
         return f"gemm {row['dtype']}" + (f" {row['sparsity']}" if row["sparsity"] else "")
     return row["op"]
