@@ -92,7 +92,8 @@ def register(hw_app: typer.Typer) -> None:
         sparsity: Optional[str] = typer.Option(None, "--sparsity", help="2:4 uses sparse tensor cores."),
         weights: Optional[str] = typer.Option(None, "--weights", help="nmx weight format (bytes; dequantized "
                                                                        "in registers unless native)."),
-        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today), ideal (cached plans, fused dequantization) or nmx (nmx's own kernels as measured)."),
+        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today), ideal (cached "
+                                 "plans, fused dequantization) or nmx (nmx's own kernels as measured)."),
         shapes: Optional[Path] = typer.Option(None, "--shapes", help="CSV with columns m,n,k[,dtype,sparsity]."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
