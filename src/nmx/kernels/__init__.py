@@ -5,6 +5,8 @@
     y = linear(x, p)                     # Triton on a CUDA GPU for M <= 64 tokens; else the reference
 
     fake_quant(x, "mxfp4")               # quantize -> dequantize in one pass, bit-identical to nmx.formats
+    kv = pack_kv(k, v, "int4", "int4")   # a KV cache as nmx.kv quantizes it, laid out for the kernel
+    o = decode_attention(q, kv)          # one new token per sequence, GQA, split over the context
 
 `layout.py` documents the byte layout; `reference.py` is the CPU twin (the same decode in plain
 torch); `triton_linear.py` the Triton kernel; `dispatch.py` picks one.
@@ -13,8 +15,11 @@ torch); `triton_linear.py` the Triton kernel; `dispatch.py` picks one.
 from nmx.kernels.dispatch import linear
 from nmx.kernels.fakequant import fake_quant, fake_quant_reference
 from nmx.kernels.fakequant import supported_formats as fake_quant_formats
+from nmx.kernels.kv_attention import decode_attention, decode_attention_reference
+from nmx.kernels.kv_layout import PackedKV, dequantize_kv, pack_kv, random_packed_kv
 from nmx.kernels.layout import PackedLinear, kernel_format, pack
 from nmx.kernels.reference import decode_weight, linear_reference
 
 __all__ = ["PackedLinear", "pack", "linear", "kernel_format", "decode_weight", "linear_reference", "fake_quant",
-           "fake_quant_reference", "fake_quant_formats"]
+           "fake_quant_reference", "fake_quant_formats", "PackedKV", "pack_kv", "dequantize_kv", "random_packed_kv",
+           "decode_attention", "decode_attention_reference"]
