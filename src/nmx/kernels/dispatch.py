@@ -1,12 +1,16 @@
 """Pick the implementation of y = x W^T for a packed weight.
 
-    gemv       one token on a CUDA GPU with triton: the word-streaming kernel (triton_gemv.py)
-    triton     2 .. 64 tokens: the same kernel's tensor-core path (triton_gemv.word_linear)
-    tiles      (only when asked for) the first kernel: W tiles decoded per element (triton_linear.py)
-    sparse24   more tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever was
-               measured faster at that shape (sparse_gemm.py)
-    dense      more tokens otherwise: W decoded once to bf16 (kept with the packed weight) and cuBLAS
-    reference  everything else (CPU tensors, no triton): the reference twin, with a warning once
+    gemv       one token on a CUDA GPU with triton: the word-streaming kernel (triton_gemv.py),
+               1.0-2.1x of cuBLAS bf16 on Llama-2-7B shapes (H200, BENCHMARKS.md)
+    dense      2 .. 64 tokens: W decoded once to bf16 (kept beside the packed weight: memory of both)
+               and cuBLAS, because nmx's kernels lose to cuBLAS there today (measured on an H200:
+               the tile kernel 0.4-1.0x, the word kernel's tensor-core path 0.1-0.4x at 16 tokens);
+               also more tokens for formats other than 2:4 bf16
+    sparse24   more than 64 tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever
+               was measured faster at that shape (sparse_gemm.py)
+    reference  CPU tensors or no triton: the reference twin, with a warning once
+On request only: `triton` (the word kernel's tensor-core path, triton_gemv.word_linear) and `tiles`
+(the first kernel, W tiles decoded per element, triton_linear.py), both for up to 64 tokens.
 
 A non-contiguous x is copied to contiguous rows first; x of any leading shape [..., K] is flattened.
 """
@@ -61,7 +65,7 @@ def choose(x: torch.Tensor, p: PackedLinear) -> str:
     if m == 1:
         return "gemv"
     if m <= MAX_KERNEL_M:
-        return "triton"
+        return "dense"
     from nmx.kernels import sparse_gemm
 
     return "sparse24" if p.sparse24 and p.format is None and sparse_gemm.available() else "dense"

@@ -453,8 +453,9 @@ def kv_decode_attention(q: torch.Tensor, packed: PackedKV, scale: float, config:
         for t in (out, wo, wm, wl):
             t.fill_(float("nan"))
     dummy = wm
-    kc = _arg(packed.k_codes, torch.int32, dummy)  # rows of 32-bit words
-    vc = _arg(packed.v_codes, torch.int32, dummy)
+    words = torch.zeros(1, device=q.device, dtype=torch.int32)  # a bf16 cache has no codes: still int32 words
+    kc = _arg(packed.k_codes, torch.int32, words)  # rows of 32-bit words
+    vc = _arg(packed.v_codes, torch.int32, words)
     ks = _arg(packed.k_scales, None, dummy)
     vs = _arg(packed.v_scales, None, dummy)
     kr = _arg(packed.k_rest, None, dummy)
