@@ -177,7 +177,7 @@ def test_one_token_kernel_on_the_gpu(fmt, pattern):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
 @pytest.mark.parametrize("fmt,pattern", CASES + [(None, None)])
-@pytest.mark.parametrize("m", [2, 16, 33, 64])
+@pytest.mark.parametrize("m", [2, 33])
 def test_word_kernel_tensor_core_path_on_the_gpu(fmt, pattern, m):
     from nmx.kernels.triton_gemv import word_linear
 
