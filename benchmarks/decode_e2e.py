@@ -18,6 +18,7 @@ Writes DIR/decode_e2e.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from nmx.kernels import linear, pack  # noqa: E402
 from nmx.kernels.kv_attention import decode_attention  # noqa: E402
 from nmx.kernels.kv_layout import pack_kv, random_packed_kv  # noqa: E402
+from nmx.kernels.timing import graph_time  # noqa: E402
 from nmx.sparsity.masks import nm_mask  # noqa: E402
 
 LLAMA2_7B = {"hidden": 4096, "heads": 32, "kv_heads": 32, "head_dim": 128, "ffn": 11008, "vocab": 32000}
@@ -132,29 +134,6 @@ class Model:
         return F.linear(rms_norm(x, self.norm), self.lm_head).argmax(-1)
 
 
-def graph_time(fn, reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    return sorted(times)[reps // 2]
-
-
 def requant_cost(batch: int, kv_heads: int, head_dim: int, group: int, device: str) -> float:
     """Seconds to quantize one group of G tokens into the 4-bit layout, per layer (pack_kv, eager)."""
     k = torch.randn(batch, kv_heads, group, head_dim, device=device, dtype=torch.bfloat16)
@@ -197,7 +176,7 @@ def main() -> None:
             model.set_cache(batch, args.context)
             tokens = torch.randint(0, cfg["vocab"], (batch,), device=device)
             model.step(tokens)  # compile / tune outside the graph
-            t = graph_time(lambda: model.step(tokens))
+            t = graph_time(functools.partial(model.step, tokens))
             rows[batch][f"{key}_step_s"] = t
             rows[batch][f"{key}_tokens_per_s"] = batch / t
             print(f"{key} batch {batch}: {t * 1e3:.2f} ms/step", flush=True)

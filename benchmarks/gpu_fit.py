@@ -1,11 +1,18 @@
 """Fit the calibration parameters of a GPU target to measured kernels (numpy only).
 
     python benchmarks/gpu_fit.py [--measurements src/nmx/hw/data/h200_measured.csv] [--target h200]
+    python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_h200_run6.json [--write-csv]
 
 Minimizes the mean over op classes of the mean |log(predicted / measured)| by coordinate descent
 in log space (multiplicative steps, shrinking), starting from the target's current parameters,
 then prints the fitted parameters (to paste into the preset in src/nmx/hw/gpu.py, with the date)
 and the per-class error before and after. The fit is global per target: no per-shape terms.
+
+`--nmx-kernels` fits impl "nmx" instead (nmx's one-token kernel, timed by benchmarks/kernels_bench.py
+from CUDA-graph replays): latency = c0 + seconds-per-weight x N x K, the line through the two shapes
+4096x4096 and 11008x4096 per format, c0 shared (the median of the formats' intercepts), then each
+format's rate re-fitted with that c0; 4096x11008 is held out and its error printed. `--write-csv`
+writes the rows to src/nmx/hw/data/h200_nmx_kernels.csv (the tests check the model against them).
 """
 
 from __future__ import annotations
@@ -43,12 +50,69 @@ def loss(t: gpu.GpuTarget, rows: list[dict]) -> float:
     return sum(sum(v) / len(v) for v in by.values()) / len(by)
 
 
+FIT_SHAPES = ("4096x4096", "11008x4096")
+CASE_FORMATS = {"bf16": None, "mxfp4": "mxfp4", "nvfp4": "nvfp4", "int4_g128": "int4_g128", "fp8_e4m3": "fp8_e4m3",
+                "mxfp8_e4m3": "mxfp8_e4m3"}
+
+
+def fit_nmx(path: str, write_csv: bool) -> None:
+    import json
+    import statistics
+
+    res = json.loads(Path(path).read_text())
+    rows = []
+    for r in res["kernel1"]:
+        if r["m"] != 1:
+            continue
+        n, k = (int(v) for v in r["shape"].split("x"))
+        for case, v in r.items():
+            if isinstance(v, dict):
+                pattern, _, fmt = case.rpartition("+")
+                rows.append({"op": "nmx_linear", "m": 1, "n": n, "k": k, "sparsity": pattern or None,
+                             "weights": CASE_FORMATS[fmt], "latency_s": v["s"],
+                             "role": "fit" if r["shape"] in FIT_SHAPES else "held-out"})
+    by_key: dict[str, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(gpu.nmx_decode_key(r["weights"], r["sparsity"]), []).append(r)
+    intercepts = {}
+    for key, rs in by_key.items():
+        (a, b) = sorted((r for r in rs if r["role"] == "fit"), key=lambda r: r["n"] * r["k"])
+        rate = (b["latency_s"] - a["latency_s"]) / (b["n"] * b["k"] - a["n"] * a["k"])
+        intercepts[key] = a["latency_s"] - rate * a["n"] * a["k"]
+    c0 = statistics.median(intercepts.values())
+    rates = {key: statistics.median((r["latency_s"] - c0) / (r["n"] * r["k"]) for r in rs if r["role"] == "fit")
+             for key, rs in by_key.items()}
+    print(f"graph_launch_s = {c0:.3g}")
+    print("decode_s_per_weight = {")
+    for key in sorted(rates):
+        print(f'    "{key}": {rates[key]:.3g},')
+    print("}")
+    t = gpu.with_params(gpu.get_target("h200"), graph_launch_s=c0, decode_s_per_weight=rates)
+    for role in ("fit", "held-out"):
+        errs = sorted(abs(gpu.predict_measured(t, r) / r["latency_s"] - 1) for r in rows if r["role"] == role)
+        print(f"{role:9s}: median |pred/meas - 1| {statistics.median(errs):.3f}, max {errs[-1]:.3f}, n={len(errs)}")
+    if write_csv:
+        out = gpu.measurement_file("h200_nmx_kernels.csv")
+        header = {k: res[k] for k in ("device", "torch", "triton", "date", "copy_bytes_per_s")}
+        header["source"] = f"{path} (kernel1, M = 1, CUDA-graph replays over weight copies > L2)"
+        cols = ["op", "m", "n", "k", "sparsity", "weights", "latency_s", "role"]
+        lines = ["# " + json.dumps(header), ",".join(cols)]
+        lines += [",".join("" if r[c] is None else str(r[c]) for c in cols) for r in rows]
+        out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--nmx-kernels", default=None, help="fit impl 'nmx' on a kernels_bench.py JSON instead")
+    ap.add_argument("--write-csv", action="store_true")
     ap.add_argument("--measurements", default=None)
     ap.add_argument("--target", default="h200")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
+    if args.nmx_kernels:
+        fit_nmx(args.nmx_kernels, args.write_csv)
+        return
     _, rows = gpu.load_measurements(args.measurements)
     base = gpu.get_target(args.target)
     p = params_of(base)

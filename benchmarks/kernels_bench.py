@@ -44,6 +44,7 @@ from nmx.kernels import (  # noqa: E402
     sparse_gemm,  # noqa: E402
 )
 from nmx.kernels.reference import decode_weight  # noqa: E402
+from nmx.kernels.timing import graph_time_over  # noqa: E402
 from nmx.kernels.triton_gemv import gemv, word_linear  # noqa: E402
 from nmx.kernels.triton_linear import packed_linear  # noqa: E402
 from nmx.sparsity.masks import nm_mask  # noqa: E402
@@ -58,30 +59,9 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
 
 
-def graph_bench(fn, copies: list, reps: int = 20) -> float:
+def graph_bench(fn, copies: list) -> float:
     """Seconds per call of fn(copy), replayed from one CUDA graph over all copies (see module doc)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in copies[:2]:
-            fn(c)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in copies:
-            fn(c)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / len(copies))
-    del g
-    return sorted(times)[reps // 2]
+    return graph_time_over(fn, copies)
 
 
 def clones(p, nbytes: int) -> list:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from nmx.kernels.kv_attention import decode_attention, decode_attention_reference  # noqa: E402
 from nmx.kernels.kv_layout import PackedKV, pack_kv  # noqa: E402
+from nmx.kernels.timing import graph_time_over  # noqa: E402
 from nmx.kernels.triton_kv_attention import DEFAULTS, kv_decode_attention, plan  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
@@ -56,31 +57,9 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e-3
 
 
-def graph_bench(fn, copies: list, reps: int = 15) -> float:
+def graph_bench(fn, copies: list) -> float:
     """Seconds per call of fn(copy), replayed from one CUDA graph cycling over the copies."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in copies[:2]:
-            fn(c)
-    torch.cuda.current_stream().wait_stream(s)
-    calls = max(len(copies), 8)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(copies[i % len(copies)])
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / calls)
-    del g
-    return sorted(times)[reps // 2]
+    return graph_time_over(fn, copies, calls=max(len(copies), 8), reps=15)
 
 
 def n_copies(nbytes: int) -> int:

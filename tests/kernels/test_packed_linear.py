@@ -204,7 +204,7 @@ def test_large_m_dispatch_on_the_gpu():
         assert float((y - r).norm() / r.norm()) < 1e-2
         if pattern and sparse_gemm.available():
             assert (1024, 2048, 512, "eager") in sparse_gemm.DECISIONS.choice
-            sparse_gemm.tune_graph(p, lambda: decode_weight(p), [300])
+            sparse_gemm.tune_graph(p, lambda p=p: decode_weight(p), [300])
             xs = x.clone()
             g = torch.cuda.CUDAGraph()
             linear(xs, p)  # warm-up outside the capture

@@ -79,9 +79,10 @@ class GpuTarget:
     row_s_per_element: float = 1.5e-9
     sparse_call_s: float = 7e-4
     sparse_eff: float = 1.0  # the fraction of the sparse tensor cores' 2x that 2:4 kernels reach
-    # nmx's own compressed-weight kernels (impl "nmx"): seconds per dense weight to decode, per kernel
-    # path ("gemv": one token, "dot": 2..64 tokens) and element kind (+ "+24" for 2:4), e.g. "gemv:e2m1+24"
+    # nmx's one-token kernel (impl "nmx"): seconds per dense weight, per element.scale kind and
+    # pattern, e.g. "gemv:e2m1.ue4m3+24" (nvfp4, 2:4); see `nmx_decode_key`
     decode_s_per_weight: dict[str, float] = field(default_factory=dict)
+    graph_launch_s: float = 2.5e-6  # fixed cost of a kernel replayed from a CUDA graph
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -112,9 +113,19 @@ _H200_FIT: dict[str, Any] = dict(
     flops_eff={"bf16": 0.72, "fp8": 0.63},
     launch_s=5.97e-6, kernel_gap_s=1.54e-6, ramp_s=3.18e-6, ramp_bytes=9.84e6, row_s_per_element=1.16e-9,
     sparse_call_s=8.57e-4, sparse_eff=SPARSE_EFF_FIT,
-    calibration="fitted on the H200 measurements in src/nmx/hw/data/h200_measured.csv (2026-11-29)")
+    # nmx's one-token kernel: `python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_h200_run6.json`
+    # (fit on 4096x4096 and 11008x4096: median error 3.8 %; held-out 4096x11008: 11 %, max 16 %)
+    graph_launch_s=2.5e-6,
+    decode_s_per_weight={
+        "gemv:bf16+24": 5.05e-13, "gemv:e2m1.e8m0": 3.2e-13, "gemv:e2m1.e8m0+24": 3.8e-13,
+        "gemv:e2m1.ue4m3": 3.52e-13, "gemv:e2m1.ue4m3+24": 5.13e-13, "gemv:e4m3": 3.75e-13, "gemv:e4m3+24": 4.32e-13,
+        "gemv:e4m3.e8m0": 4.21e-13, "gemv:int4.fp16": 2.32e-13, "gemv:int4.fp16+24": 3.09e-13},
+    calibration="fitted on the H200 measurements in src/nmx/hw/data/h200_measured.csv and h200_nmx_kernels.csv "
+                "(2026-11-29)")
 
-_UNCALIBRATED = {**_H200_FIT, "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
+# the decode rates of nmx's kernels are per SM and clock: they do not carry over to another chip
+_UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {},
+                 "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
 
 PRESETS: dict[str, GpuTarget] = {t.name: t for t in (
     GpuTarget("h200", 132, 4.8e12, _HOPPER, True, 60e6,
@@ -167,38 +178,40 @@ def _weight_bits(n: int, k: int, weights: str | None, sparsity: str | None, dtyp
     return weight_storage((n, k), density, weights, sparsity)["bits"]
 
 
-def nmx_decode_key(m: int, weights: str | None, sparsity: str | None) -> str:
-    """The `decode_s_per_weight` key of nmx's kernel for this product (see `nmx.kernels.dispatch`)."""
+def nmx_decode_key(weights: str | None, sparsity: str | None) -> str:
+    """The `decode_s_per_weight` key of nmx's one-token kernel for a weight format and pattern."""
     from nmx.kernels.layout import kernel_format
 
-    element = kernel_format(weights)[0]
+    element, scale = kernel_format(weights)
     if sparsity not in (None, "2:4"):
         raise InputError(f"nmx's kernels read dense or 2:4 weights, not {sparsity!r}")
-    return f"{'gemv' if m == 1 else 'dot'}:{element}{'+24' if sparsity else ''}"
+    return f"gemv:{element}{'.' + scale if scale else ''}{'+24' if sparsity else ''}"
 
 
 def _nmx_gemm(t: GpuTarget, m: int, n: int, k: int, sparsity: str | None, weights: str | None) -> dict[str, Any]:
-    """nmx's kernels as the dispatcher runs them: up to 64 tokens the packed-weight kernel, a roofline
-    with a third roof, the decode of every weight (fitted per kernel path and element kind); more
-    tokens: 2:4 bf16 as the faster of the sparse tensor cores and cuBLAS, else cuBLAS on the weight
-    decoded once (dense bf16)."""
-    if m > 64:
-        if sparsity == "2:4" and weights is None:
+    """nmx's kernels as `nmx.kernels.linear` dispatches them, replayed from a CUDA graph (as a decode
+    engine runs them). One token: the packed-weight kernel, `graph_launch_s` + the larger of its
+    decode time (seconds per weight fitted per format on measurements) and its bytes at the gemm
+    bandwidth. 2..64 tokens: cuBLAS on the weight decoded once (dense bf16); more tokens: 2:4 bf16 as
+    the faster of the sparse tensor cores and cuBLAS, other formats dense bf16."""
+    if weights is None and sparsity is None:  # a plain bf16 weight: not packed, cuBLAS
+        return gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx"}
+    if m > 1:
+        if m > 64 and sparsity == "2:4" and weights is None:
             return min((gemm(t, m, n, k, "bf16", s, None, "ideal") for s in ("2:4", None)),
                        key=lambda r: r["latency_s"]) | {"impl": "nmx"}
         return gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx", "weights": weights}
-    key = nmx_decode_key(m, weights, sparsity)
+    key = nmx_decode_key(weights, sparsity)
     if key not in t.decode_s_per_weight:
         raise InputError(f"{t.name} has no measurement of nmx's kernel {key!r} (impl 'nmx' is calibrated on: "
                          f"{', '.join(sorted(t.decode_s_per_weight)) or 'nothing'})")
     w_bytes = _weight_bits(n, k, weights, sparsity, "bf16") / 8
-    nbytes = w_bytes + m * k * 2 + m * n * 2
-    compute = 2.0 * 64 * math.ceil(n / 128) * 128 * k / (t.peak("bf16") * t.efficiency("bf16")) if m > 1 else 0.0
+    nbytes = w_bytes + k * 2 + n * 2
+    memory = nbytes / (t.bandwidth_bytes_per_s * t.bw_eff["gemm"])
     decode = n * k * t.decode_s_per_weight[key]
-    r = _result(t, t.launch_s, t.memory_s(nbytes, "gemm"), max(compute, decode), m=m, n=n, k=k,
-                flops=2.0 * m * n * k, bytes=nbytes, weight_bytes=w_bytes, dtype="bf16", sparsity=sparsity,
-                weights=weights, impl="nmx", decode_s=decode)
-    if decode >= max(r["memory_s"], compute) and r["bound"] != "overhead":
+    r = _result(t, t.graph_launch_s, memory, decode, m=m, n=n, k=k, flops=2.0 * n * k, bytes=nbytes,
+                weight_bytes=w_bytes, dtype="bf16", sparsity=sparsity, weights=weights, impl="nmx", decode_s=decode)
+    if r["bound"] == "compute":
         r["bound"] = "decode"
     return r
 
@@ -219,6 +232,10 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
         sparsity = sparsity.replace(" ", "") if sparsity else None
         if dtype != "bf16":
             raise InputError("impl 'nmx': nmx's kernels compute in bf16 (the weight format is --weights)")
+        if weights is not None:
+            from nmx import formats
+
+            formats.get(weights)
         return _nmx_gemm(t, m, n, k, sparsity, weights)
     if weights is not None:
         from nmx import formats
@@ -324,7 +341,7 @@ def load_measurements(path: str | Path | None = None) -> tuple[dict[str, Any], l
     body = [ln for ln in lines if not ln.startswith("# ")]
     rows = []
     for r in csv.DictReader(body):
-        rows.append({k: (v if k in ("op", "dtype", "sparsity", "weights") else (float(v) if v else 0.0))
+        rows.append({k: (v if k in ("op", "dtype", "sparsity", "weights", "role") else (float(v) if v else 0.0))
                      for k, v in r.items()})
     return header, rows
 

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from nmx.errors import InputError
+from nmx.kernels.timing import event_time, graph_time
 
 log = logging.getLogger(__name__)
 MARGIN = 0.03
 ALIGN_M = 16
-REPS = 10
 
 
 def bucket(m: int) -> int:
@@ -101,40 +101,10 @@ def _alg(w: _Weights, x: torch.Tensor) -> int:
     return DECISIONS.alg[key]
 
 
-def _time(fn, reps: int = REPS) -> float:
-    """Median seconds of fn() over reps, by CUDA events (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    return sorted(times)[len(times) // 2]
-
-
 def _decide(key: tuple[int, int, int, str], t_sparse: float, t_dense: float) -> str:
     DECISIONS.timings_s[key] = (t_sparse, t_dense)
     DECISIONS.choice[key] = "sparse" if t_sparse < (1.0 - MARGIN) * t_dense else "dense"
     return DECISIONS.choice[key]
-
-
-def _graph_time(fn) -> float:
-    """Seconds per call of fn replayed from a CUDA graph (no launch or host cost)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    t = _time(g.replay)
-    del g
-    return t
 
 
 def tune_graph(owner: object, dense: Callable[[], torch.Tensor], ms: list[int]) -> dict[int, str]:
@@ -147,8 +117,8 @@ def tune_graph(owner: object, dense: Callable[[], torch.Tensor], ms: list[int]) 
         b = bucket(m)
         x = torch.randn(b, k, device=w.dense.device, dtype=torch.bfloat16)
         alg = _alg(w, x)
-        out[b] = _decide((n, k, b, "graph"), _graph_time(lambda: _sparse(w, x, alg)),
-                         _graph_time(lambda: F.linear(x, w.dense)))
+        out[b] = _decide((n, k, b, "graph"), graph_time(lambda x=x, alg=alg: _sparse(w, x, alg)),
+                         graph_time(lambda x=x: F.linear(x, w.dense)))
     return out
 
 
@@ -167,7 +137,8 @@ def sparse24_linear(x: torch.Tensor, owner: object, dense: Callable[[], torch.Te
             choice = "dense"
         else:
             alg = _alg(w, x)
-            choice = _decide(key, _time(lambda: _sparse(w, x, alg), reps=3), _time(lambda: F.linear(x, w.dense), 3))
+            choice = _decide(key, event_time(lambda: _sparse(w, x, alg), reps=3),
+                             event_time(lambda: F.linear(x, w.dense), reps=3))
     if choice == "sparse":
         return _sparse(w, x, DECISIONS.alg[(n, k, bucket(m))])
     return F.linear(x, w.dense)

@@ -93,6 +93,7 @@ def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero)
 
 @triton.jit
 def _scale_raw(scales_ptr, rows, blk, mask, stride_s, SCALE: tl.constexpr):
+    """The scales of blocks `blk` of each row as float32 (e8m0, ue4m3 or fp16 codes decoded)."""
     ptrs = scales_ptr + rows * stride_s + blk
     if SCALE == 3:
         s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -108,16 +109,7 @@ def _scale_raw(scales_ptr, rows, blk, mask, stride_s, SCALE: tl.constexpr):
 @triton.jit
 def _scale(scales_ptr, rows, words, mask, stride_s, SCALE: tl.constexpr, BLOCK: tl.constexpr, WC: tl.constexpr):
     """The block scale of every (row, word) as float32 [BLOCK_N, W] (rows [BLOCK_N, 1], words [1, W])."""
-    ptrs = scales_ptr + rows * stride_s + words * WC // BLOCK
-    if SCALE == 3:
-        s = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        c = tl.load(ptrs, mask=mask, other=0).to(tl.uint32)
-        if SCALE == 1:  # e8m0: 2^(c - 127); code 0 is 2^-127, a float32 subnormal
-            s = tl.where(c == 0, 0x00400000, c << 23).to(tl.float32, bitcast=True)
-        else:  # ue4m3
-            s = _dec(c, 3)
-    return s
+    return _scale_raw(scales_ptr, rows, words * WC // BLOCK, mask, stride_s, SCALE)
 
 
 @triton.jit
@@ -246,6 +238,26 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
 
 
 @triton.jit
+def store_tile(y_ptr, out, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K: tl.constexpr):
+    """Write an output tile [BLOCK_M, BLOCK_N]: stored, or added (float32 atomics) when K is split."""
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(y_ptrs, out, mask=mask)
+
+
+def new_output(m: int, n: int, device: torch.device, split: int, poison: bool) -> torch.Tensor:
+    """The output of a launch: float32 zeros to add split-K partial sums into, else bf16 (NaN-filled
+    when `poison`: tests check every element is written)."""
+    if split > 1:
+        return torch.zeros((m, n), device=device, dtype=torch.float32)
+    y = torch.empty((m, n), device=device, dtype=torch.bfloat16)
+    return y.fill_(float("nan")) if poison else y
+
+
+@triton.jit
 def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm, stride_ym, stride_w,
                 stride_meta, stride_s, zero,
                 ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
@@ -304,12 +316,7 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
                 acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + j, BF16_DOT), d, BF16_DOT)
     if SCALE == 2:
         acc = acc * tensor_scale
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(y_ptrs, acc, mask=mask)
+    store_tile(y_ptr, acc, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
 
 
 def default_config(m: int, n: int, k: int, p: PackedLinear) -> dict[str, int]:
@@ -365,12 +372,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     if not one and (words % (w * split) or block_m < 16 or w < 16):
         raise ValueError(f"config {config}: the tensor-core path needs W x SPLIT_K to divide the {words} words of a "
                          "row, BLOCK_M >= 16 and W >= 16")
-    if split > 1:
-        y = torch.zeros((m, p.n), device=x.device, dtype=torch.float32)
-    else:
-        y = torch.empty((m, p.n), device=x.device, dtype=torch.bfloat16)
-        if poison:
-            y.fill_(float("nan"))
+    y = new_output(m, p.n, x.device, split, poison)
     vals, meta, scales, tensor_scale = _launch_args(p)
     stride_w, stride_meta, stride_s = _strides(p)
     if one:

@@ -339,7 +339,7 @@ def _kv_reduce_kernel(wo_ptr, wm_ptr, wl_ptr, out_ptr, NS, HG: tl.constexpr, HGP
 #: num_splits None: enough programs for `warps_per_sm` warps per SM, at least `min_blocks_per_split` blocks each;
 #: SUBNORMAL: decode int codes as fp16 subnormals (one operation less; needs tensor cores that take them);
 #: maxnreg: a register cap for the decode kernel (more programs per SM, some spills)
-DEFAULTS = {"num_warps": None, "num_stages": 2, "BT_MAX": 64, "BTR": None, "num_splits": None, "warps_per_sm": 16,
+DEFAULTS = {"num_warps": None, "num_stages": 2, "BT_MAX": 64, "BTR": None, "num_splits": None, "warps_per_sm": 32,
             "min_blocks_per_split": 2, "SUBNORMAL": False, "maxnreg": None}
 
 

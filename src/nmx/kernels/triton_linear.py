@@ -20,9 +20,7 @@ import triton
 import triton.language as tl
 
 from nmx.kernels.layout import PackedLinear
-
-ELEMENT_IDS = {"bf16": 0, "e2m1": 1, "int4": 2, "e4m3": 3}
-SCALE_IDS = {None: 0, "e8m0": 1, "ue4m3": 2, "fp16": 3}
+from nmx.kernels.triton_gemv import ELEMENT_IDS, SCALE_IDS, new_output, store_tile
 
 
 @triton.jit
@@ -254,12 +252,7 @@ def _packed_linear_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_s
         out = tl.sum(acc, axis=1)[None, :]
     else:
         out = acc
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(y_ptrs, out, mask=mask)
+    store_tile(y_ptr, out, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
 
 
 def default_config(m: int, n: int, k: int, p: PackedLinear) -> dict[str, int]:
@@ -285,12 +278,7 @@ def packed_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | Non
     if (k // cfg["BLOCK_K"]) % split or k % cfg["BLOCK_K"]:
         raise ValueError(f"config {config}: BLOCK_K x SPLIT_K must divide K={k}")
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-    if split > 1:
-        y = torch.zeros((m, p.n), device=x.device, dtype=torch.float32)
-    else:
-        y = torch.empty((m, p.n), device=x.device, dtype=torch.bfloat16)
-        if poison:
-            y.fill_(float("nan"))
+    y = new_output(m, p.n, x.device, split, poison)
     grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
     dummy = p.values
     _packed_linear_kernel[grid](
