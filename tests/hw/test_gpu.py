@@ -169,3 +169,17 @@ def test_nmx_impl_follows_the_dispatcher():
         gpu.gemm("a100-80gb", 1, 4096, 4096, weights="nvfp4", impl="nmx")
     with pytest.raises(InputError, match="do not read"):
         gpu.gemm("h200", 1, 4096, 4096, weights="mxfp6_e2m3", impl="nmx")
+
+
+def test_cli_prices_nmx_kernels():
+    out = subprocess.run([sys.executable, "-m", "nmx", "hw", "gemm", "--target", "h200", "--m", "1", "--n", "11008",
+                          "--k", "4096", "--weights", "int4_g128", "--impl", "nmx", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    row = row[0] if isinstance(row, list) else row
+    assert row["impl"] == "nmx" and row["latency_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "nmx", "hw", "gemm", "--target", "l40s", "--m", "1", "--n", "64",
+                          "--k", "64", "--weights", "int4_g128", "--impl", "nmx"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "no measurement" in bad.stderr and "Traceback" not in bad.stderr
