@@ -22,6 +22,8 @@ float32 partial sums with atomics (for shapes with too few row blocks to fill th
 from __future__ import annotations
 
 import os
+import weakref
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -331,28 +333,35 @@ def default_config(m: int, n: int, k: int, p: PackedLinear) -> dict[str, int]:
             "num_warps": 4, "num_stages": 3}
 
 
-def _word_view(p: PackedLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    vals = p.values.view(torch.int32)
-    meta = p.meta
-    if meta is not None and ELEMENT_BITS[p.element] == 4:
-        meta = meta.view(torch.int16)
-    return vals, meta
+@dataclass(frozen=True)
+class _Launch:
+    """What every launch for one packed weight passes, made once (views and dicts cost host time)."""
+
+    vals: torch.Tensor  # values as int32 words
+    meta: torch.Tensor  # 2:4 metadata (int16 for 4-bit values), or a placeholder
+    scales: torch.Tensor
+    tensor_scale: float
+    strides: tuple[int, int, int]  # row strides of vals, meta, scales
+    consts: dict
 
 
-def _launch_args(p: PackedLinear) -> tuple:
-    vals, meta = _word_view(p)
-    return (vals, meta if meta is not None else vals, p.scales if p.scales is not None else vals,
-            float(p.tensor_scale))
+_LAUNCH: "weakref.WeakKeyDictionary[PackedLinear, _Launch]" = weakref.WeakKeyDictionary()
 
 
-def _consts(p: PackedLinear) -> dict:
-    return dict(ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1, SPARSE=p.sparse24,
-                BITS=ELEMENT_BITS[p.element])
-
-
-def _strides(p: PackedLinear) -> tuple[int, int, int]:
-    vals, meta = _word_view(p)
-    return vals.stride(0), meta.stride(0) if meta is not None else 0, p.scales.stride(0) if p.scales is not None else 0
+def _launch(p: PackedLinear) -> _Launch:
+    got = _LAUNCH.get(p)
+    if got is None:
+        vals = p.values.view(torch.int32)
+        meta = p.meta
+        if meta is not None and ELEMENT_BITS[p.element] == 4:
+            meta = meta.view(torch.int16)
+        strides = (vals.stride(0), meta.stride(0) if meta is not None else 0,
+                   p.scales.stride(0) if p.scales is not None else 0)
+        consts = dict(ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1,
+                      SPARSE=p.sparse24, BITS=ELEMENT_BITS[p.element])
+        got = _LAUNCH[p] = _Launch(vals, meta if meta is not None else vals, p.scales if p.scales is not None else vals,
+                                   float(p.tensor_scale), strides, consts)
+    return got
 
 
 def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = None,
@@ -373,19 +382,18 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         raise ValueError(f"config {config}: the tensor-core path needs W x SPLIT_K to divide the {words} words of a "
                          "row, BLOCK_M >= 16 and W >= 16")
     y = new_output(m, p.n, x.device, split, poison)
-    vals, meta, scales, tensor_scale = _launch_args(p)
-    stride_w, stride_meta, stride_s = _strides(p)
+    a = _launch(p)
     if one:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split)
-        _gemv1_kernel[grid](x.view(torch.int32), vals, meta, scales, y, tensor_scale, p.n, words, stride_w,
-                            stride_meta, stride_s, 0, **_consts(p), W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles,
-                            EVEN=words % (w * split) == 0, num_warps=warps, num_stages=stages, **cfg)
+        _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
+                            0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
+                            num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
-        _dot_kernel[grid](x, vals, meta, scales, y, tensor_scale, m, p.n, x.stride(0), y.stride(0), stride_w,
-                          stride_meta, stride_s, 0, **_consts(p), BLOCK_M=block_m, W=w, SPLIT_K=split,
-                          TILES_PER_SPLIT=tiles, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1",
-                          num_warps=warps, num_stages=stages, **cfg)
+        _dot_kernel[grid](x, a.vals, a.meta, a.scales, y, a.tensor_scale, m, p.n, x.stride(0), y.stride(0),
+                          *a.strides, 0, **a.consts, BLOCK_M=block_m, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles,
+                          BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", num_warps=warps, num_stages=stages,
+                          **cfg)
     return y if split == 1 else y.to(torch.bfloat16)
 
 
