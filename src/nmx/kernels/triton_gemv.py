@@ -133,6 +133,21 @@ def _dot(acc, x, w, BF16_DOT: tl.constexpr):
 
 
 @triton.jit
+def _meta(meta_ptr, rows, words, mask, stride_meta, BITS: tl.constexpr):
+    """The 2:4 metadata of every (row, word) as uint32 [BLOCK_N, W], group g of a word in bits 4g..4g+3
+    (rows [BLOCK_N, 1], words [1, W])."""
+    if BITS == 16:  # one group per word: its nibble of the byte shared with the next word
+        mb = tl.load(meta_ptr + rows * stride_meta + words // 2, mask=mask, other=0)
+        meta = mb.to(tl.uint32) >> ((words & 1) * 4)
+    elif BITS == 8:  # two groups: one meta byte per word
+        meta = tl.load(meta_ptr + rows * stride_meta + words, mask=mask, other=0).to(tl.uint32)
+    else:  # four groups: 16 bits per word (meta read as int16)
+        mh = tl.load(meta_ptr + rows * stride_meta + words, mask=mask, other=0)
+        meta = mh.to(tl.uint16, bitcast=True).to(tl.uint32)
+    return meta
+
+
+@triton.jit
 def _x_load(ptrs, words, KW, EVEN: tl.constexpr):
     """A [1, W] tile of x read as int32 pairs of bf16 (masked past the row's KW words unless EVEN)."""
     if EVEN:
@@ -159,9 +174,9 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
                   TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
-    block scale applied to that sum. x is read as int32 pairs of bf16 ([1, W] tiles in the weight
-    tile's own layout: no shuffles through shared memory). EVEN: the split's tiles cover the row
-    exactly (else the words past KW are masked)."""
+    block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
+    operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
+    (else the words past KW are masked)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -179,14 +194,7 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
         xcol = words1 * (WC // 2)  # first x pair of each word (1-D: x is small, its layout is what moves)
         part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
         if SPARSE:
-            if BITS == 16:  # one group per word: its nibble of the byte shared with the next word
-                mb = tl.load(meta_ptr + rows * stride_meta + words // 2, mask=wmask, other=0)
-                meta = mb.to(tl.uint32) >> ((words & 1) * 4)
-            elif BITS == 8:  # two groups: one meta byte per word
-                meta = tl.load(meta_ptr + rows * stride_meta + words, mask=wmask, other=0).to(tl.uint32)
-            else:  # four groups: 16 bits per word (meta read as int16)
-                mh = tl.load(meta_ptr + rows * stride_meta + words, mask=wmask, other=0)
-                meta = mh.to(tl.uint16, bitcast=True).to(tl.uint32)
+            meta = _meta(meta_ptr, rows, words, wmask, stride_meta, BITS)
             for g in tl.static_range(PER // 2):
                 pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, EVEN)
                 pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, EVEN)
@@ -288,15 +296,7 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
         if SCALE != 0:
             s = _scale(scales_ptr, rows, words[None, :], n_mask[:, None], stride_s, SCALE, BLOCK, WC)
         if SPARSE:
-            if BITS == 16:  # one group per word: its nibble of the byte shared with the next word
-                mb = tl.load(meta_ptr + rows * stride_meta + (words // 2)[None, :], mask=n_mask[:, None], other=0)
-                meta = mb.to(tl.uint32) >> ((words & 1) * 4)[None, :]
-            elif BITS == 8:  # two groups: one meta byte per word
-                meta = tl.load(meta_ptr + rows * stride_meta + words[None, :], mask=n_mask[:, None], other=0)
-                meta = meta.to(tl.uint32)
-            else:  # four groups: 16 bits per word (meta read as int16)
-                mh = tl.load(meta_ptr + rows * stride_meta + words[None, :], mask=n_mask[:, None], other=0)
-                meta = mh.to(tl.uint16, bitcast=True).to(tl.uint32)
+            meta = _meta(meta_ptr, rows, words[None, :], n_mask[:, None], stride_meta, BITS)
             for g in tl.static_range(PER // 2):
                 nib = meta >> (4 * g)
                 p0 = nib & 3
