@@ -108,7 +108,7 @@ def test_unstructured_layer_prunes_exactly_round_s_numel(rows, cols, s, data):
     x = data.draw(arrays(np.float32, (rows, cols), elements=st.integers(-4, 4).map(float)))
     scores = torch.from_numpy(x)
     mask = unstructured_mask(scores, s, "layer")
-    pruned = round(s * rows * cols)
+    pruned = round(s * (rows * cols))  # the contract: round(sparsity * numel), in that float order
     assert int((~mask).sum()) == pruned
     kept = brute_keep(x.reshape(-1).tolist(), rows * cols - pruned)  # row-major index breaks ties
     assert set(torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()) == kept

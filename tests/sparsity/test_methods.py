@@ -355,7 +355,7 @@ def test_sparsegpt_unstructured_exact_counts_per_block(scope):
         else:
             assert int(pruned.sum()) == p.pruned_count(rows * b) - p.pruned_count(rows * a)
     total = (~mask).sum(1) if scope == "row" else (~mask).sum()
-    assert (total == (round(s * cols) if scope == "row" else round(s * rows * cols))).all()
+    assert (total == (round(s * cols) if scope == "row" else round(s * (rows * cols)))).all()
     assert (W_hat[~mask] == 0).all()
 
 
