@@ -1,6 +1,7 @@
 """Count the machine instructions per weight of nmx's one-token kernel, offline (no GPU).
 
     python benchmarks/sass_count.py nvfp4 [2:4] [--block-n 8] [--w 256] [--warps 4] [--stages 2] [--dump FILE]
+    python benchmarks/sass_count.py int4_g128 --tc --block-n 64 --w 128 [--block-m 16]   (triton_tc.py)
 
 Compiles `triton_gemv._gemv1_kernel` for sm_90 with the ptxas and nvdisasm that ship inside the triton
 wheel (so it runs on a CPU-only machine), finds the main loop (the longest backward branch) and prints
@@ -50,6 +51,27 @@ def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
 
+def compile_tc(fmt: str, block_m: int, block_n: int, block_k: int, warps: int, stages: int):
+    """The tensor-core kernel (triton_tc.py) for a dense 4/8-bit format."""
+    from nmx.kernels import triton_tc as tc
+
+    element, scale = kernel_format(fmt)
+    block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16}.get(fmt, 1)
+    if fmt.startswith("int4_g"):
+        block = int(fmt[6:])
+    sig = {"x_ptr": "*bf16", "vals_ptr": "*i32", "scales_ptr": "*fp16" if scale == "fp16" else "*u8", "y_ptr": "*bf16",
+           "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
+           "stride_s": "i32", "zero": "i32"}
+    const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block, BITS=tg.ELEMENT_BITS[element],
+                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
+    sig.update({k: "constexpr" for k in const})
+    names = list(tc._tc_kernel.arg_names)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]]
+             for a in ("x_ptr", "vals_ptr", "scales_ptr", "y_ptr", "N", "stride_xm", "stride_ym", "stride_w", "stride_s")}
+    src = ASTSource(fn=tc._tc_kernel, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
 def main_loop(cubin: bytes) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
@@ -82,14 +104,22 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--dump", default=None, help="write the loop's instructions here")
+    ap.add_argument("--tc", action="store_true", help="the tensor-core kernel (triton_tc.py); --w is then BLOCK_K")
+    ap.add_argument("--block-m", type=int, default=16, help="--tc only")
     args = ap.parse_args()
     fmt = None if args.format == "bf16" else args.format
     sparse = args.pattern == "2:4"
-    k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages)
+    if args.tc:
+        k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages)
+    else:
+        k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages)
     body = main_loop(k.asm["cubin"])
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in body)
     element = kernel_format(fmt)[0]
-    weights = args.block_n * args.w * (32 // tg.ELEMENT_BITS[element]) * (2 if sparse else 1)
+    if args.tc:
+        weights = args.block_n * args.w
+    else:
+        weights = args.block_n * args.w * (32 // tg.ELEMENT_BITS[element]) * (2 if sparse else 1)
     print(f"{args.format}{' 2:4' if sparse else ''}: {sum(ops.values())} instructions per thread per tile, "
           f"{sum(ops.values()) * 32 * args.warps / weights:.2f} per dense weight; {dict(ops.most_common(12))}")
     if args.dump:

@@ -142,6 +142,71 @@ print("gemv ok")
     assert r.returncode == 0 and "gemv ok" in r.stdout, r.stderr[-2000:]
 
 
+TC_FORMATS = ["int4_g128", "int4_g32", "mxfp4", "nvfp4", "fp8_e4m3", "mxfp8_e4m3"]
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed (the kernel's CPU twin is tested above)")
+def test_tensor_core_kernel_in_the_cpu_interpreter_matches_the_twin():
+    """triton_tc.py in Triton's interpreter (float32 operands there: same values), every dense format, one
+    token and several, split-K, ragged M and N; bad configs and formats refused."""
+    code = r"""
+import torch
+from nmx.errors import InputError
+from nmx.kernels import pack, linear_reference
+from nmx.kernels.triton_tc import tc_linear
+torch.manual_seed(0)
+for fmt in %r:
+    w = torch.randn(40, 256) / 16
+    w[0, :8] = torch.tensor([3.0, -2.5, 1e-9, 0.0, 6.0, -6.0, 0.5, 0.25])
+    w[1, :4] = torch.tensor([2.0**-8, -(2.0**-9), 2.0**-7, 1e-3])  # e4m3 / e2m1 subnormals after scaling
+    p = pack(w, fmt, None)
+    for m, cfg in ((1, None), (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, num_warps=4, num_stages=1)),
+                   (20, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, num_warps=4, num_stages=1))):
+        x = torch.randn(m, 256).to(torch.bfloat16)
+        y = tc_linear(x, p, cfg, poison=True).float()
+        r = linear_reference(x, p).float()
+        err = float((y - r).norm() / r.norm())
+        assert torch.isfinite(y).all() and err < 1e-2, (fmt, m, err)
+for bad in (lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), None)),
+            lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), "int4_g32"),
+                              dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, num_warps=4, num_stages=1))):
+    try:
+        bad()
+        raise SystemExit("not refused")
+    except InputError:
+        pass
+print("tc ok")
+""" % (TC_FORMATS,)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "tc ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("fmt", TC_FORMATS)
+@pytest.mark.parametrize("m", [1, 2, 7, 16, 33, 64])
+def test_tensor_core_kernel_on_the_gpu(fmt, m):
+    """triton_tc.py on a shape with several row blocks, K tiles and split-K, against the twin; subnormal
+    weights included (bf16 subnormals in the packed multiply)."""
+    from nmx.kernels.triton_tc import tc_linear
+
+    w = weight(700, 2048, None, seed=m)
+    w[1, :4] = torch.tensor([2.0**-8, -(2.0**-9), 2.0**-7, 1e-3])
+    p = pack(w.cuda(), fmt)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    r = linear_reference(x, p).float()
+    for cfg in (None, {"BLOCK_M": 16 if m <= 16 else 64, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 4, "num_warps": 4,
+                       "num_stages": 3}):
+        y = tc_linear(x, p, cfg, poison=True).float()
+        assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2, cfg
+    # the decoded weight exactly: x = identity columns pick W's columns out (exact in float32)
+    eye = torch.eye(2048, device="cuda", dtype=torch.bfloat16)[:64]
+    got = tc_linear(eye, p).float()
+    want = decode_weight(p)[:, :64].T.to(torch.bfloat16).float()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
 @pytest.mark.parametrize("fmt,pattern", CASES)

@@ -9,8 +9,9 @@
     sparse24   more than 64 tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever
                was measured faster at that shape (sparse_gemm.py)
     reference  CPU tensors or no triton: the reference twin, with a warning once
-On request only: `triton` (the word kernel's tensor-core path, triton_gemv.word_linear) and `tiles`
-(the first kernel, W tiles decoded per element, triton_linear.py), both for up to 64 tokens.
+On request only: `tc` (dense 4/8-bit weights decoded two per instruction into tensor-core operands,
+triton_tc.py), `triton` (the word kernel's tensor-core path, triton_gemv.word_linear) and `tiles`
+(the first kernel, W tiles decoded per element, triton_linear.py), all for up to 64 tokens.
 
 A non-contiguous x is copied to contiguous rows first; x of any leading shape [..., K] is flattened.
 """
@@ -29,7 +30,7 @@ from nmx.kernels.reference import decode_weight, linear_reference
 
 log = logging.getLogger(__name__)
 MAX_KERNEL_M = 64
-BACKENDS = ("auto", "gemv", "triton", "tiles", "sparse24", "dense", "reference")
+BACKENDS = ("auto", "gemv", "tc", "triton", "tiles", "sparse24", "dense", "reference")
 _DENSE: "weakref.WeakKeyDictionary[PackedLinear, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
@@ -86,6 +87,10 @@ def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Ten
         from nmx.kernels.triton_gemv import gemv
 
         y = gemv(x2, p)
+    elif backend == "tc":
+        from nmx.kernels.triton_tc import tc_linear
+
+        y = tc_linear(x2, p)
     elif backend == "triton":
         from nmx.kernels.triton_gemv import word_linear
 

@@ -1,0 +1,189 @@
+"""Triton kernel for 1 .. 64 tokens: y = x W^T with W's 4/8-bit words decoded two weights per
+instruction straight into bf16 tensor-core operands (dense int4_gG, mxfp4, nvfp4, fp8_e4m3, mxfp8).
+
+Marlin's idea in Triton. The word kernel (triton_gemv.py) spends ~4-7 scalar instructions per weight
+and one more multiply per extra token; here the multiplies go to the tensor cores (M is padded to
+16, so 1 .. 16 tokens cost the same) and the decode works on bf16 *pairs*: a 32-bit word shifted
+right by s and masked with 0x000F000F holds the codes at bits s and s + 16, i.e. one code in each
+16-bit half, which is a bf16x2 register once the exponent bits are or-ed in:
+
+- int4: (code ^ 8) | 0x4300 is the bf16 128 + (code ^ 8); one packed bf16 subtract of 136 gives
+  the two's-complement value exactly: shift, LOP3, HADD2 for two weights. The fp16 group scale
+  multiplies the dot's float32 result per group (BLOCK_K <= G), so the operands stay exact.
+- e2m1 / e4m3: magnitude bits moved into the bf16's exponent/mantissa and the sign to bit 15 give the
+  value times 2^-126 (2^-120), bf16 subnormals included; one packed multiply by 2^126 (2^120)
+  restores it, another by the block scale (exact in bf16: e2m1 or e4m3 times an e8m0 or e4m3 scale
+  has at most 8 significant bits). nvfp4's float32 tensor scale multiplies the result.
+
+The pair of a word at shift s holds columns c and c + PER/2 (PER codes per word); the pairs are
+joined in an order that puts every column back in its place, so x is read as it lies. Output
+float32-accumulated, bf16; split-K adds float32 partial sums with atomics.
+
+Import this module only where triton is installed (the dispatcher does).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from nmx.errors import InputError
+from nmx.kernels.layout import PackedLinear
+from nmx.kernels.triton_gemv import ELEMENT_BITS, ELEMENT_IDS, SCALE_IDS, _scale_raw, new_output, store_tile
+
+#: element kinds this kernel decodes (dense weights only: 2:4 and bf16 values go elsewhere)
+TC_ELEMENTS = ("int4", "e2m1", "e4m3")
+
+
+def supports(p: PackedLinear) -> bool:
+    return not p.sparse24 and p.element in TC_ELEMENTS
+
+
+@triton.jit
+def _pair(v, i: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero):
+    """Codes i and i + PER/2 of every word v (uint32 [BN, KW]) as a bf16x2 bit pattern (uint32): int4 as
+    128 + (code ^ 8), e2m1 / e4m3 as value * 2^-126 / 2^-120. `zero` (a run-time 0) keeps the masks in
+    registers so that mask and or fold into one LOP3."""
+    lo: tl.constexpr = BITS * i  # bit of code i in the low half; code i + PER/2 sits 16 bits higher
+    if ELEMENT == 2:
+        s = v >> lo if lo > 0 else v
+        out = (s & (zero + 0x000F000F).to(tl.uint32, bitcast=True)) ^ (zero + 0x43084308).to(tl.uint32, bitcast=True)
+    else:
+        MB: tl.constexpr = 1 if ELEMENT == 1 else 3  # mantissa bits: the magnitude's lowest bit goes to 7 - MB
+        MAG: tl.constexpr = ((1 << (BITS - 1)) - 1) * 0x10001  # the magnitude bits of both halves
+        up: tl.constexpr = 7 - MB - lo
+        if up >= 0:
+            mag = (v << up) if up > 0 else v
+        else:
+            mag = v >> (-up)
+        sup: tl.constexpr = 16 - BITS - lo  # the code's sign bit (lo + BITS - 1) to bit 15
+        sgn = (v << sup) if sup > 0 else v
+        mag = mag & (zero + (MAG << (7 - MB))).to(tl.uint32, bitcast=True)
+        out = mag | (sgn & (zero - 0x7FFF8000).to(tl.uint32, bitcast=True))  # 0x80008000 as an int32
+    return out
+
+
+@triton.jit
+def _halves(p, BF16: tl.constexpr):
+    """uint32 bf16x2 patterns [..] -> [.., 2] (low half first): bf16, or (BF16 False: Triton's CPU
+    interpreter, which has no bf16 constants and flushes bf16 subnormals) float32 from the same bits."""
+    if BF16:
+        lo = (p & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        hi = (p >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        lo = (p << 16).to(tl.float32, bitcast=True)
+        hi = (p & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
+def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
+            ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
+            BLOCK_N: tl.constexpr, KW: tl.constexpr, BF16_DOT: tl.constexpr):
+    """The decoded tile [BLOCK_N, KW * PER] (bf16, K in the k' order) of words w0 .. w0 + KW. The
+    arithmetic is packed bf16 on the GPU; float32 in Triton's CPU interpreter (BF16_DOT False): the
+    same values, every step being exact."""
+    PER: tl.constexpr = 32 // BITS
+    words = w0 + tl.arange(0, KW)[None, :]
+    v = tl.load(vals_ptr + rows * stride_w + words, mask=n_mask, other=0).to(tl.uint32, bitcast=True)
+    # joined so that the last dims are (h, pair bits): element (h, i) of word w is column PER*w + i + (PER/2)*h,
+    # i.e. the tile comes out in plain column order (no permutation, x read as it lies)
+    if PER == 8:
+        w = tl.join(tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
+                            _halves(_pair(v, 2, BITS, ELEMENT, zero), BF16_DOT)),
+                    tl.join(_halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT),
+                            _halves(_pair(v, 3, BITS, ELEMENT, zero), BF16_DOT)))
+    else:
+        w = tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT), _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT))
+    w = tl.reshape(w, (BLOCK_N, KW * PER))
+    if ELEMENT == 2:
+        w = w - 136.0
+    else:
+        BIAS: tl.constexpr = 2.0**126 if ELEMENT == 1 else 2.0**120
+        w = w * BIAS
+        if SCALE != 0:  # the block scale of each word, exact in bf16
+            s = _scale_raw(scales_ptr, rows, words * PER // BLOCK, n_mask, stride_s, SCALE).to(w.dtype)
+            w = tl.reshape(tl.reshape(w, (BLOCK_N, KW, PER)) * s[:, :, None], (BLOCK_N, KW * PER))
+    return w.to(tl.bfloat16) if BF16_DOT else w
+
+
+@triton.jit
+def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm, stride_ym, stride_w, stride_s, zero,
+               ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+               TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    rows = offs_n[:, None]
+    PER: tl.constexpr = 32 // BITS
+    KW: tl.constexpr = BLOCK_K // PER  # words per row per tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(0, TILES_PER_SPLIT):
+        k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_K
+        w = _w_tile(vals_ptr, scales_ptr, rows, n_mask[:, None], k0 // PER, stride_w, stride_s, zero,
+                    ELEMENT, SCALE, BLOCK, BITS, BLOCK_N, KW, BF16_DOT)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BLOCK_K))[None, :], mask=m_mask[:, None], other=0.0)
+        if BF16_DOT:
+            part = tl.dot(x, tl.trans(w))
+        else:  # Triton's CPU interpreter gets bf16 dots wrong: float32 operands hold the same values
+            part = tl.dot(x.to(tl.float32), tl.trans(w))
+        if ELEMENT == 2:  # the group's fp16 scale (BLOCK_K divides the group)
+            s = _scale_raw(scales_ptr, offs_n, k0 // BLOCK, n_mask, stride_s, SCALE)
+            acc += part * s[None, :]
+        else:
+            acc += part
+    if SCALE == 2:
+        acc = acc * tensor_scale
+    store_tile(y_ptr, acc, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
+
+
+def default_config(m: int, p: PackedLinear) -> dict[str, int]:
+    """Tile sizes: 64 rows of W per program, K tiles of 128 (int4: at most the group), split-K to give
+    the GPU at least ~2 programs per SM."""
+    block_k = 128
+    if p.element == "int4":
+        block_k = min(block_k, p.block)
+    while p.k % block_k:
+        block_k //= 2
+    block_n = 64
+    tiles = p.k // block_k
+    programs = triton.cdiv(p.n, block_n) * triton.cdiv(m, 16)
+    split = 1
+    while programs * split < 264 and tiles % (split * 2) == 0 and tiles // (split * 2) >= 4:
+        split *= 2
+    return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": block_n, "BLOCK_K": block_k,
+            "SPLIT_K": split, "num_warps": 4, "num_stages": 4}
+
+
+def tc_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = None,
+              poison: bool = False) -> torch.Tensor:
+    """y [M, N] (bf16) = x [M, K] (bf16, contiguous rows) W^T for a dense 4/8-bit packed W on the GPU."""
+    if not supports(p):
+        raise InputError(f"the tensor-core kernel reads dense int4 / e2m1 / e4m3 weights, not "
+                         f"{p.format or 'bf16'}{' 2:4' if p.sparse24 else ''}")
+    m, k = x.shape
+    cfg = dict(config or default_config(m, p))
+    block_k, split = cfg.pop("BLOCK_K"), cfg.pop("SPLIT_K")
+    per = 32 // ELEMENT_BITS[p.element]
+    tiles = k // block_k
+    if k % block_k or tiles % split or block_k % (2 * per) or block_k < 16 or cfg["BLOCK_M"] < 16 or (
+            p.element == "int4" and p.block % block_k):
+        raise InputError(f"config {config}: BLOCK_K must divide K = {k} (and the int4 group), hold whole "
+                         f"words, and split into SPLIT_K equal parts; BLOCK_M >= 16")
+    y = new_output(m, p.n, x.device, split, poison)
+    vals = p.values.view(torch.int32)
+    scales = p.scales if p.scales is not None else vals
+    grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
+    _tc_kernel[grid](x, vals, scales, y, float(p.tensor_scale), m, p.n, x.stride(0), y.stride(0), vals.stride(0),
+                     scales.stride(0), 0, ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind],
+                     BLOCK=p.block or 1, BITS=ELEMENT_BITS[p.element], BLOCK_K=block_k, SPLIT_K=split,
+                     TILES_PER_SPLIT=tiles // split, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", **cfg)
+    return y if split == 1 else y.to(torch.bfloat16)
