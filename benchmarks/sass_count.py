@@ -59,11 +59,11 @@ def compile_tc(fmt: str, block_m: int, block_n: int, block_k: int, warps: int, s
     block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16}.get(fmt, 1)
     if fmt.startswith("int4_g"):
         block = int(fmt[6:])
-    sig = {"x_ptr": "*bf16", "vals_ptr": "*i32", "scales_ptr": "*fp16" if scale == "fp16" else "*u8", "y_ptr": "*bf16",
-           "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32", "stride_w": "i32",
-           "stride_s": "i32", "zero": "i32"}
-    const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block, BITS=tg.ELEMENT_BITS[element],
-                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
+    sig = {"x_ptr": "*bf16", "vals_ptr": "*i32", "scales_ptr": "*fp16" if scale == "fp16" else "*u8",
+           "y_ptr": "*bf16", "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32",
+           "stride_w": "i32", "stride_s": "i32", "zero": "i32"}
+    const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block,
+                 BITS=tg.ELEMENT_BITS[element], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
     sig.update({k: "constexpr" for k in const})
     names = list(tc._tc_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]]

@@ -115,22 +115,23 @@ def main() -> None:
             copies = clones(p)
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                t_cublas = graph_time_over(lambda w: F.linear(x, w), dense)
+                t_cublas = graph_time_over(lambda w, x=x: F.linear(x, w), dense)
                 row = {"shape": sname, "format": fmt, "m": m, "cublas_s": t_cublas, "configs": []}
                 for cfg in configs(m, p):
                     try:
                         err = rel_err(tc_linear(x, p, cfg, poison=True), x, p_cpu)
                     except Exception as e:  # a config the compiler refuses (shared memory, registers)
-                        res["failures"].append({"shape": sname, "format": fmt, "m": m, "cfg": cfg, "error": repr(e)[:300]})
+                        res["failures"].append({"shape": sname, "format": fmt, "m": m, "cfg": cfg,
+                                                "error": repr(e)[:300]})
                         continue
                     if not err < 1e-2:
                         res["failures"].append({"shape": sname, "format": fmt, "m": m, "cfg": cfg, "rel_err": err})
                         print(f"FAIL {sname} {fmt} m={m} {cfg}: rel err {err}", flush=True)
                         continue
-                    t = graph_time_over(lambda q, cfg=cfg: tc_linear(x, q, cfg), copies)
+                    t = graph_time_over(lambda q, cfg=cfg, x=x: tc_linear(x, q, cfg), copies)
                     row["configs"].append({"cfg": cfg, "s": t, "speedup": t_cublas / t, "rel_err": err})
                 if m == 1:
-                    row["gemv_s"] = graph_time_over(lambda q: gemv(x, q), copies)
+                    row["gemv_s"] = graph_time_over(lambda q, x=x: gemv(x, q), copies)
                 if row["configs"]:
                     best = min(row["configs"], key=lambda c: c["s"])
                     row["default_speedup"] = row["configs"][0]["speedup"] if row["configs"][0]["cfg"] else None

@@ -50,7 +50,8 @@ def _pair(v, i: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero):
     lo: tl.constexpr = BITS * i  # bit of code i in the low half; code i + PER/2 sits 16 bits higher
     if ELEMENT == 2:
         s = v >> lo if lo > 0 else v
-        out = (s & (zero + 0x000F000F).to(tl.uint32, bitcast=True)) ^ (zero + 0x43084308).to(tl.uint32, bitcast=True)
+        low = (zero + 0x000F000F).to(tl.uint32, bitcast=True)
+        out = (s & low) ^ (zero + 0x43084308).to(tl.uint32, bitcast=True)
     else:
         MB: tl.constexpr = 1 if ELEMENT == 1 else 3  # mantissa bits: the magnitude's lowest bit goes to 7 - MB
         MAG: tl.constexpr = ((1 << (BITS - 1)) - 1) * 0x10001  # the magnitude bits of both halves
@@ -97,7 +98,8 @@ def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
                     tl.join(_halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT),
                             _halves(_pair(v, 3, BITS, ELEMENT, zero), BF16_DOT)))
     else:
-        w = tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT), _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT))
+        w = tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
+                    _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT))
     w = tl.reshape(w, (BLOCK_N, KW * PER))
     if ELEMENT == 2:
         w = w - 136.0
@@ -130,7 +132,8 @@ def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm
         k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_K
         w = _w_tile(vals_ptr, scales_ptr, rows, n_mask[:, None], k0 // PER, stride_w, stride_s, zero,
                     ELEMENT, SCALE, BLOCK, BITS, BLOCK_N, KW, BF16_DOT)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BLOCK_K))[None, :], mask=m_mask[:, None], other=0.0)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + cols[None, :], mask=m_mask[:, None], other=0.0)
         if BF16_DOT:
             part = tl.dot(x, tl.trans(w))
         else:  # Triton's CPU interpreter gets bf16 dots wrong: float32 operands hold the same values
