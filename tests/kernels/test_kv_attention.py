@@ -311,10 +311,45 @@ def test_triton_kernel_configs_on_the_gpu(config):
     run_kernel_case(("int4", "int4", 2, 32, 8, 128, 3000, 128, None, config), "cuda", 5)
 
 
+@pytest.mark.skipif(not (INTERPRET or (TRITON and CUDA)),
+                    reason="the Triton kernel runs under TRITON_INTERPRET=1 or on a CUDA GPU")
+@pytest.mark.parametrize("fmt", ["int4", "int2"])
+@pytest.mark.parametrize("shape", [(2, 3, 100, 64, 32, 4), (1, 2, 64, 128, 16, 0), (1, 1, 300, 256, 64, 20),
+                                   (2, 1, 20, 64, 16, 16)])
+def test_triton_packing_gives_the_torch_paths_bytes(fmt, shape):
+    """triton_kv_pack.py against pack_kv's torch path, bit for bit: zero groups, tiny values, a key beyond
+    fp16's range (saturated scale), no quantized tokens at all."""
+    b, h, t, d, g, res = shape
+    k, v = kv(b, h, t, d, seed=t)
+    k = k * torch.rand(1, 1, 1, d, generator=torch.Generator().manual_seed(1)) * 3
+    k[0, 0, 0, :4] = torch.tensor([0.0, 1e-30, -1e-38, 65504.0 * 3])
+    v[0, 0, 1] = 0.0
+    device = "cpu" if INTERPRET else "cuda"
+    a = pack_kv(k, v, fmt, fmt, group=g, residual=res, backend="torch")
+    c = pack_kv(k.to(device), v.to(device), fmt, fmt, group=g, residual=res, backend="triton")
+    for x, y in zip(a.tensors, c.tensors, strict=True):
+        y = y.cpu()
+        assert x.shape == y.shape and x.dtype == y.dtype
+        bits = (lambda z: z.view(torch.int16)) if x.dtype == torch.float16 else (lambda z: z)  # NaN-safe
+        assert torch.equal(bits(x), bits(y))
+
+
+def test_pack_backend_bad_input():
+    k, v = kv(1, 1, 64, 32)
+    with pytest.raises(InputError, match="backend"):
+        pack_kv(k, v, backend="cuda")
+    with pytest.raises(InputError, match="int4 / int2"):
+        pack_kv(k, v, "mxfp4", "mxfp4", backend="triton")
+    if not INTERPRET:
+        with pytest.raises(InputError, match="TRITON_INTERPRET"):
+            pack_kv(k, v, backend="triton")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kf,vf", FORMAT_PAIRS)
 def test_packing_on_the_gpu_equals_packing_on_the_cpu(kf, vf):
+    """On a CUDA device pack_kv takes the Triton kernel for int formats (torch otherwise): same bytes."""
     k, v = kv(2, 4, 700, 128, seed=9, dtype=torch.bfloat16)
     a, b = pack_kv(k, v, kf, vf), pack_kv(k.cuda(), v.cuda(), kf, vf)
     for x, y in zip(a.tensors, b.tensors, strict=True):

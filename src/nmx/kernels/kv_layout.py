@@ -76,6 +76,15 @@ def _pow2(n: int) -> bool:
 HALF_BITS = 16  # a code word is two 16-bit halves (two channels)
 
 
+def _triton_runs_on(device: torch.device) -> bool:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @dataclass(frozen=True, eq=False)
 class PackedKV:
     """A KV cache in the kernel's layout (see the module docstring)."""
@@ -240,13 +249,16 @@ def _unpack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_format: str = "int4",
-            group: int | None = None, residual: int = 128) -> PackedKV:
+            group: int | None = None, residual: int = 128, backend: str = "auto") -> PackedKV:
     """Quantize K, V [batch, kv_heads, tokens, head_dim] as nmx.kv does and lay them out for the kernel.
 
     `group` / `residual` mean what they mean in `nmx.kv.QuantSpec` (group: tokens per key chunk and
     channels per value group, default the formats' block or 32; residual: recent tokens kept in bf16).
-    Works on any device with vectorized torch (no loop over tokens), so a CUDA cache of B=16 x 8 heads
-    x 32K tokens packs in well under a second."""
+    `backend`: "torch" (vectorized torch on any device, no loop over tokens: a CUDA cache of B=16 x 8
+    heads x 32K tokens packs in well under a second, but one call is hundreds of small operations),
+    "triton" (one kernel launch each for K and V: triton_kv_pack.py, int4 / int2 only; CUDA, or the CPU
+    interpreter), or "auto" (triton for int formats on a CUDA device with triton, else torch). Both
+    give the same bytes."""
     from nmx import formats
     from nmx.kv.policy import QuantSpec
 
@@ -264,6 +276,19 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
         empty = torch.zeros(b, h, 0, d // 2, dtype=torch.int32, device=k.device)
         return PackedKV(b, h, t, d, group or 0, residual, key_format, value_format, 0, empty, None, empty, None,
                         k16.contiguous(), v16.contiguous())
+    if backend not in ("auto", "torch", "triton"):
+        raise InputError(f"pack_kv: unknown backend {backend!r}: use auto, torch or triton")
+    ints = kk[0] == "int" and vk[0] == "int"
+    if backend == "triton" and not ints:
+        raise InputError(f"pack_kv: the triton backend packs int4 / int2 keys and values, not {key_format} / "
+                         f"{value_format}")
+    if backend == "triton" and not _triton_runs_on(k.device):
+        raise InputError(f"pack_kv: the triton backend needs triton and a CUDA device (or TRITON_INTERPRET=1 for "
+                         f"CPU tensors); k is on {k.device}")
+    if backend == "auto":
+        from nmx.kernels.dispatch import triton_available
+
+        backend = "triton" if ints and k.device.type == "cuda" and triton_available() else "torch"
     spec = QuantSpec(key_format=key_format, value_format=value_format, group=group, residual=residual)
     g = spec.chunk
     if not (_pow2(g) and 16 <= g <= d):
@@ -275,7 +300,12 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
     packed = PackedKV(b, h, t, d, g, residual, key_format, value_format, tq, None, None, None, None,
                       k16[:, :, tq:].contiguous(), v16[:, :, tq:].contiguous())
     out: dict[str, torch.Tensor | None] = {}
-    for which, x, (elem, bits, scale_kind) in (("k", k16, kk), ("v", v16, vk)):
+    if backend == "triton":
+        from nmx.kernels.triton_kv_pack import pack_int_codes
+
+        for which, x, (_, bits, _) in (("k", k16, kk), ("v", v16, vk)):
+            out[f"{which}_codes"], out[f"{which}_scales"] = pack_int_codes(x.contiguous(), tq, g, bits, which == "k")
+    for which, x, (elem, bits, scale_kind) in (("k", k16, kk), ("v", v16, vk)) if backend == "torch" else ():
         fmt = formats.get(key_format if which == "k" else value_format)
         xq = x[:, :, :tq].float()
         if which == "k":  # per channel over the chunk's tokens: [B, H, chunks, G, D] along the token dim

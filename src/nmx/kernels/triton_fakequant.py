@@ -200,12 +200,20 @@ def _fp16_scale(raw):
 
 
 @triton.jit
-def _int_sym(x, amax_bits, bad, QMAX: tl.constexpr):
+def int_sym_codes(x, amax_bits, bad, QMAX: tl.constexpr):
+    """Symmetric int codes of the rows of x [R, B] (float32 values; amax_bits [R]: the bits of max |x| per
+    row; bad [R]: NaN or Inf in the row) and their fp16 scales [R, 1] as float32 (NaN for a bad row,
+    whose codes are 0): intgroup.py's arithmetic, step for step. Also used by triton_kv_pack.py."""
     scale = _fp16_scale(tl.math.div_rn(_f32(amax_bits), QMAX * 1.0))
     scale = tl.where(bad, _nan(), scale)[:, None]  # NaN or Inf in the group
     q = tl.minimum(_rint(tl.math.div_rn(_f32(_i32(x) & ABS_MASK), scale)), QMAX * 1.0)  # (NaN: masked below)
     codes = tl.where(q == 0.0, 0.0, _with_sign_of(q, x))  # -0 -> +0: two's complement has no -0
-    codes = tl.where(scale > 0.0, codes, 0.0)
+    return tl.where(scale > 0.0, codes, 0.0), scale
+
+
+@triton.jit
+def _int_sym(x, amax_bits, bad, QMAX: tl.constexpr):
+    codes, scale = int_sym_codes(x, amax_bits, bad, QMAX)
     return codes * scale
 
 
