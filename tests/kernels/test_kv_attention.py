@@ -349,7 +349,6 @@ def test_pack_backend_bad_input():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kf,vf", FORMAT_PAIRS)
 def test_packing_on_the_gpu_equals_packing_on_the_cpu(kf, vf):
-    """On a CUDA device pack_kv takes the Triton kernel for int formats (torch otherwise): same bytes."""
     k, v = kv(2, 4, 700, 128, seed=9, dtype=torch.bfloat16)
     a, b = pack_kv(k, v, kf, vf), pack_kv(k.cuda(), v.cuda(), kf, vf)
     for x, y in zip(a.tensors, b.tensors, strict=True):

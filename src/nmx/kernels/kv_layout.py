@@ -257,8 +257,8 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
     `backend`: "torch" (vectorized torch on any device, no loop over tokens: a CUDA cache of B=16 x 8
     heads x 32K tokens packs in well under a second, but one call is hundreds of small operations),
     "triton" (one kernel launch each for K and V: triton_kv_pack.py, int4 / int2 only; CUDA, or the CPU
-    interpreter), or "auto" (triton for int formats on a CUDA device with triton, else torch). Both
-    give the same bytes."""
+    interpreter), or "auto" (torch for now: the Triton pack has been checked bit for bit in Triton's
+    CPU interpreter and compiled for sm_90, but not yet run on a GPU). Both give the same bytes."""
     from nmx import formats
     from nmx.kv.policy import QuantSpec
 
@@ -286,9 +286,7 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
         raise InputError(f"pack_kv: the triton backend needs triton and a CUDA device (or TRITON_INTERPRET=1 for "
                          f"CPU tensors); k is on {k.device}")
     if backend == "auto":
-        from nmx.kernels.dispatch import triton_available
-
-        backend = "triton" if ints and k.device.type == "cuda" and triton_available() else "torch"
+        backend = "torch"
     spec = QuantSpec(key_format=key_format, value_format=value_format, group=group, residual=residual)
     g = spec.chunk
     if not (_pow2(g) and 16 <= g <= d):
