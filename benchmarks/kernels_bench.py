@@ -46,7 +46,8 @@ from nmx.kernels import (  # noqa: E402
 from nmx.kernels.reference import decode_weight  # noqa: E402
 from nmx.kernels.timing import graph_time_over  # noqa: E402
 from nmx.kernels.triton_gemv import gemv, word_linear  # noqa: E402
-from nmx.kernels.triton_linear import packed_linear  # noqa: E402
+from nmx.kernels.triton_tc import supports as tc_supports  # noqa: E402
+from nmx.kernels.triton_tc import tc_linear  # noqa: E402
 from nmx.sparsity.masks import nm_mask  # noqa: E402
 
 CASES = [(None, "2:4"), ("mxfp4", None), ("nvfp4", None), ("int4_g128", None), ("fp8_e4m3", None),
@@ -108,7 +109,8 @@ def check(results: dict, shapes=((4096, 4096),), device: str = "cuda", ms=(1, 16
                     paths["gemv_split4"] = lambda: gemv(x, p, split4, poison=True)
                 if m <= 64:
                     paths["word"] = lambda: word_linear(x, p, poison=True)
-                    paths["tiles"] = lambda: packed_linear(x, p, poison=True)
+                    if tc_supports(p):
+                        paths["tc"] = lambda: tc_linear(x, p, poison=True)
                 if 1 < m <= 64:
                     split2 = {"BLOCK_M": 16, "BLOCK_N": 32, "W": 16, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3}
                     paths["word_split2"] = lambda: word_linear(x, p, split2, poison=True)
@@ -147,8 +149,9 @@ def kernel1(results: dict, ms: list[int], copy_bw: float) -> None:
                 if m == 1:  # one launch per call, L2 flushed (what the first kernel's table used)
                     row[case]["eager_s"] = bench(lambda: linear(x, p))
                     row[case]["speedup_eager"] = row["cublas_bf16_eager_s"] / row[case]["eager_s"]
-                if m in (1, 16):  # the first kernel (W tiles decoded per element), for the record
-                    row[case]["tiles_kernel_s"] = graph_bench(lambda q: packed_linear(x, q), copies[case])
+                if m <= 64 and tc_supports(p):  # the tensor-core kernel (tc_curve.py has its whole curve)
+                    row[case]["tc_s"] = graph_bench(lambda q: tc_linear(x, q), copies[case])
+                    row[case]["tc_speedup"] = t_dense / row[case]["tc_s"]
             rows.append(row)
             print(f"{sname} m={m:3d} cublas {t_dense * 1e6:6.1f}us ({n * k * 2 / t_dense / copy_bw:.0%}) | "
                   + " ".join(

@@ -107,20 +107,19 @@ def test_triton_kernel_in_the_cpu_interpreter_matches_the_twin():
     code = r"""
 import torch, math
 from nmx.kernels import pack, linear_reference
-from nmx.kernels.triton_linear import packed_linear
-from nmx.kernels.triton_gemv import gemv
+from nmx.kernels.triton_gemv import gemv, word_linear
 from nmx.sparsity.masks import nm_mask
-for fmt, pat in [(None, "2:4"), ("nvfp4", None), ("int4_g128", "2:4"), ("mxfp8_e4m3", None)]:
+# the word kernel's tensor-core path (several tokens), dense and 2:4, 4/8/16-bit
+for fmt, pat in [(None, "2:4"), ("nvfp4", None), ("int4_g128", "2:4"), ("mxfp8_e4m3", None), ("int4_g128", None)]:
     w = torch.randn(24, 256) / 16
     w = w * nm_mask(w.abs(), 2, 4) if pat else w
     p = pack(w, fmt, pat)
-    for m, cfg in ((1, dict(BLOCK_M=1, BLOCK_N=8, BLOCK_K=128, SPLIT_K=1)),
-                   (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=2))):
-        x = torch.randn(m, 256).to(torch.bfloat16)
-        y = packed_linear(x, p, {**cfg, "num_warps": 4, "num_stages": 1}).float()
-        r = linear_reference(x, p).float()
-        err = float((y - r).norm() / r.norm())
-        assert err < 1e-2, (fmt, pat, m, err)
+    x = torch.randn(5, 256).to(torch.bfloat16)
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, W=16, SPLIT_K=1, num_warps=4, num_stages=1)
+    y = word_linear(x, p, cfg, poison=True).float()
+    r = linear_reference(x, p).float()
+    err = float((y - r).norm() / r.norm())
+    assert err < 1e-2, (fmt, pat, err)
 print("ok")
 # the one-token kernel on every format x pattern, one row block and split-K
 for fmt in [None, "mxfp4", "nvfp4", "int4_g128", "int4_g32", "fp8_e4m3", "mxfp8_e4m3"]:
@@ -211,13 +210,11 @@ def test_tensor_core_kernel_on_the_gpu(fmt, m):
 @pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
 @pytest.mark.parametrize("fmt,pattern", CASES)
 @pytest.mark.parametrize("m", [1, 7, 16, 64])
-def test_triton_kernel_on_the_gpu(fmt, pattern, m):
-    from nmx.kernels.triton_linear import packed_linear
-
+def test_dispatch_on_the_gpu(fmt, pattern, m):
     w = weight(512, 1024, pattern, seed=m).cuda()
     p = pack(w, fmt, pattern)
     x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
-    y = packed_linear(x, p, poison=True).float()
+    y = linear(x, p).float()
     r = linear_reference(x, p).float()
     assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2
 

@@ -9,7 +9,8 @@
     o = decode_attention(q, kv)          # one new token per sequence, GQA, split over the context
 
 `layout.py` documents the byte layout; `reference.py` is the CPU twin (the same decode in plain
-torch); `triton_linear.py` the Triton kernel; `dispatch.py` picks one.
+torch); `triton_gemv.py` (one token) and `triton_tc.py` (1 .. 64 tokens) the Triton kernels;
+`dispatch.py` picks one.
 """
 
 from nmx.kernels.dispatch import linear

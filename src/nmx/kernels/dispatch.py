@@ -10,8 +10,9 @@
                was measured faster at that shape (sparse_gemm.py)
     reference  CPU tensors or no triton: the reference twin, with a warning once
 On request only: `tc` (dense 4/8-bit weights decoded two per instruction into tensor-core operands,
-triton_tc.py), `triton` (the word kernel's tensor-core path, triton_gemv.word_linear) and `tiles`
-(the first kernel, W tiles decoded per element, triton_linear.py), all for up to 64 tokens.
+triton_tc.py; not yet timed on a GPU) and `triton` (the word kernel's tensor-core path,
+triton_gemv.word_linear), both for up to 64 tokens. (The first kernel, W tiles decoded per element,
+0.24-1.06x of cuBLAS when measured, was removed when the dense words became pair-interleaved.)
 
 A non-contiguous x is copied to contiguous rows first; x of any leading shape [..., K] is flattened.
 """
@@ -30,7 +31,7 @@ from nmx.kernels.reference import decode_weight, linear_reference
 
 log = logging.getLogger(__name__)
 MAX_KERNEL_M = 64
-BACKENDS = ("auto", "gemv", "tc", "triton", "tiles", "sparse24", "dense", "reference")
+BACKENDS = ("auto", "gemv", "tc", "triton", "sparse24", "dense", "reference")
 _DENSE: "weakref.WeakKeyDictionary[PackedLinear, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
@@ -95,10 +96,6 @@ def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Ten
         from nmx.kernels.triton_gemv import word_linear
 
         y = word_linear(x2, p)
-    elif backend == "tiles":
-        from nmx.kernels.triton_linear import packed_linear
-
-        y = packed_linear(x2, p)
     elif backend == "sparse24":
         if not p.sparse24:
             raise InputError("backend 'sparse24' needs a 2:4 weight (pack(..., pattern='2:4'))")

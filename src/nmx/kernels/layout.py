@@ -9,6 +9,12 @@ every buffer a plain uint8 / bf16 / fp16 tensor (16-byte aligned rows when K is 
                                     uint8 [N, K/2]    (dense)   or [N, K/4] (2:4: one byte per group
                                                                   of 4, low nibble = the lower kept position)
               8-bit codes (e4m3)    uint8 [N, K]      (dense)   or [N, K/2] (2:4)
+            Dense 4- and 8-bit codes are pair-interleaved within each 32-bit word (P = 8 or 4 codes
+            covering P consecutive columns): code slot j holds column 2*(j mod P/2) + j div P/2, i.e.
+            4-bit slots 0..7 = columns 0, 2, 4, 6, 1, 3, 5, 7 and 8-bit slots 0..3 = columns 0, 2, 1, 3.
+            Then slots j and j + P/2, 16 bits apart, are columns 2j and 2j + 1: one shift and one
+            mask put two adjacent weights into the two halves of a register, a bf16x2 tensor-core
+            operand (triton_tc.py). Word kernels read any slot at the same cost.
     meta    2:4 only: the two kept positions p0 < p1 of each group of 4 consecutive K entries as a
             nibble p0 | p1 << 2; two groups per byte, the even group in the low nibble: uint8 [N, K/8]
             (1 bit per weight: the N*ceil(log2 M) index encoding, as NVIDIA's sparse tensor cores use)
@@ -114,6 +120,26 @@ def _check(weight: torch.Tensor, fmt: str | None) -> None:
                          "use the dense path for this layer")
 
 
+def word_order(per: int) -> torch.Tensor:
+    """The column (within its word) of each code slot of a dense 4-bit (per = 8) or 8-bit (per = 4)
+    word: 2*(j mod per/2) + j div per/2."""
+    j = torch.arange(per)
+    return 2 * (j % (per // 2)) + j // (per // 2)
+
+
+def interleave(codes: torch.Tensor, per: int) -> torch.Tensor:
+    """Codes [N, K] in column order -> in slot order (pair-interleaved words)."""
+    n, k = codes.shape
+    return codes.reshape(n, k // per, per)[..., word_order(per).to(codes.device)].reshape(n, k)
+
+
+def deinterleave(codes: torch.Tensor, per: int) -> torch.Tensor:
+    """Inverse of `interleave`."""
+    n, k = codes.shape
+    inverse = torch.argsort(word_order(per)).to(codes.device)
+    return codes.reshape(n, k // per, per)[..., inverse].reshape(n, k)
+
+
 def _pair_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """[..., 2j] low nibble, [..., 2j+1] high nibble -> uint8 [..., j]."""
     c = codes.to(torch.uint8)
@@ -161,6 +187,8 @@ def pack(weight: torch.Tensor, weight_format: str | None = None, pattern: str | 
         nib = (pos[..., 0] | (pos[..., 1] << 2)).to(torch.uint8)  # [N, K/4]
         meta = _pair_nibbles(nib)  # [N, K/8]
         codes = codes.reshape(n, k // 4, 4).gather(-1, pos.to(codes.device)).reshape(n, k // 2)
+    elif element in ("e2m1", "int4", "e4m3"):
+        codes = interleave(codes, 8 if element != "e4m3" else 4)
     if element in ("e2m1", "int4"):
         codes = _pair_nibbles(codes)
     return PackedLinear(n, k, weight_format, sparse, codes.contiguous(), meta, scales, tensor_scale, block)

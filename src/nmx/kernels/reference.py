@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nmx.kernels.layout import PackedLinear
+from nmx.kernels.layout import PackedLinear, deinterleave
 
 
 def _nibbles(b: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,14 @@ def decode_e8m0(c: torch.Tensor) -> torch.Tensor:
 
 
 def _elements(p: PackedLinear) -> torch.Tensor:
-    """The kept elements, [N, K] dense or [N, K/2] for 2:4, as float32 (before scaling)."""
+    """The kept elements, [N, K] dense or [N, K/2] for 2:4, as float32 (before scaling), in column order."""
     if p.element == "bf16":
         return p.values.to(torch.float32)
+    codes = p.values if p.element == "e4m3" else _nibbles(p.values)
+    if not p.sparse24:  # dense words are pair-interleaved (layout.py)
+        codes = deinterleave(codes, 4 if p.element == "e4m3" else 8)
     if p.element == "e4m3":
-        return decode_e4m3(p.values)
-    codes = _nibbles(p.values)
+        return decode_e4m3(codes)
     return decode_e2m1(codes) if p.element == "e2m1" else decode_int4(codes)
 
 

@@ -216,19 +216,20 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 e, o = tl.split(tl.reshape(xt, (W, 2, 2)))
                 x_0, x_2 = tl.split(e)
                 x_1, x_3 = tl.split(o)
+                # pair-interleaved words (layout.py): x pair q (columns 2q, 2q+1) meets slots q and q + 4
                 part += _dec_at(v, 0, BITS, ELEMENT, zero) * _x_half(x_0, False)
-                part += _dec_at(v, 1, BITS, ELEMENT, zero) * _x_half(x_0, True)
-                part += _dec_at(v, 2, BITS, ELEMENT, zero) * _x_half(x_1, False)
-                part += _dec_at(v, 3, BITS, ELEMENT, zero) * _x_half(x_1, True)
-                part += _dec_at(v, 4, BITS, ELEMENT, zero) * _x_half(x_2, False)
-                part += _dec_at(v, 5, BITS, ELEMENT, zero) * _x_half(x_2, True)
-                part += _dec_at(v, 6, BITS, ELEMENT, zero) * _x_half(x_3, False)
+                part += _dec_at(v, 4, BITS, ELEMENT, zero) * _x_half(x_0, True)
+                part += _dec_at(v, 1, BITS, ELEMENT, zero) * _x_half(x_1, False)
+                part += _dec_at(v, 5, BITS, ELEMENT, zero) * _x_half(x_1, True)
+                part += _dec_at(v, 2, BITS, ELEMENT, zero) * _x_half(x_2, False)
+                part += _dec_at(v, 6, BITS, ELEMENT, zero) * _x_half(x_2, True)
+                part += _dec_at(v, 3, BITS, ELEMENT, zero) * _x_half(x_3, False)
                 part += _dec_at(v, 7, BITS, ELEMENT, zero) * _x_half(x_3, True)
-            else:
+            else:  # 8-bit (slots q, q + 2) or bf16 (slots 0, 1)
                 for q in tl.static_range(PAIRS):
                     pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
-                    part += _dec_at(v, 2 * q, BITS, ELEMENT, zero) * _x_half(pr, False)
-                    part += _dec_at(v, 2 * q + 1, BITS, ELEMENT, zero) * _x_half(pr, True)
+                    part += _dec_at(v, q, BITS, ELEMENT, zero) * _x_half(pr, False)
+                    part += _dec_at(v, q + PAIRS, BITS, ELEMENT, zero) * _x_half(pr, True)
         if SCALE != 0:
             NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
             blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
@@ -311,11 +312,12 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
                     acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + 4 * g + r, BF16_DOT), wr,
                                BF16_DOT)
         else:
-            for j in tl.static_range(PER):
+            for j in tl.static_range(PER):  # slot j holds column 2*(j mod PER/2) + j div PER/2 (layout.py)
                 d = _dec_at(v, j, BITS, ELEMENT, zero)
                 if SCALE != 0:
                     d = d * s
-                acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + j, BF16_DOT), d, BF16_DOT)
+                cj: tl.constexpr = 2 * (j % (PER // 2)) + j // (PER // 2)
+                acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + cj, BF16_DOT), d, BF16_DOT)
     if SCALE == 2:
         acc = acc * tensor_scale
     store_tile(y_ptr, acc, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)

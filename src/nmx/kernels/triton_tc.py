@@ -2,10 +2,11 @@
 instruction straight into bf16 tensor-core operands (dense int4_gG, mxfp4, nvfp4, fp8_e4m3, mxfp8).
 
 Marlin's idea in Triton. The word kernel (triton_gemv.py) spends ~4-7 scalar instructions per weight
-and one more multiply per extra token; here the multiplies go to the tensor cores (M is padded to
-16, so 1 .. 16 tokens cost the same) and the decode works on bf16 *pairs*: a 32-bit word shifted
-right by s and masked with 0x000F000F holds the codes at bits s and s + 16, i.e. one code in each
-16-bit half, which is a bf16x2 register once the exponent bits are or-ed in:
+and one more multiply per extra token; here the multiplies go to the tensor cores and the decode
+works on bf16 *pairs*. The dense words are pair-interleaved (layout.py): slots j and j + P/2 (P codes
+per word), 16 bits apart, hold columns 2j and 2j + 1, so a word shifted right by the slot's bit offset
+and masked (0x000F000F for 4-bit) holds two adjacent weights, one per 16-bit half: a bf16x2 operand
+register once the exponent bits are or-ed in:
 
 - int4: (code ^ 8) | 0x4300 is the bf16 128 + (code ^ 8); one packed bf16 subtract of 136 gives
   the two's-complement value exactly: shift, LOP3, HADD2 for two weights. The fp16 group scale
@@ -15,9 +16,11 @@ right by s and masked with 0x000F000F holds the codes at bits s and s + 16, i.e.
   restores it, another by the block scale (exact in bf16: e2m1 or e4m3 times an e8m0 or e4m3 scale
   has at most 8 significant bits). nvfp4's float32 tensor scale multiplies the result.
 
-The pair of a word at shift s holds columns c and c + PER/2 (PER codes per word); the pairs are
-joined in an order that puts every column back in its place, so x is read as it lies. Output
-float32-accumulated, bf16; split-K adds float32 partial sums with atomics.
+The product is computed transposed, y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, BLOCK_K] x^T: W is
+the tensor cores' A operand (on sm_90 a warpgroup MMA with M = 64 rows of W and N = BLOCK_M >= 16
+tokens, so 1 .. 16 tokens cost the same). Float32 accumulation, bf16 output; split-K adds float32
+partial sums with atomics. Offline sm_90 compiles (benchmarks/sass_count.py --tc) count ~3.3 main-loop
+instructions per weight for int4, ~7 for e2m1.
 
 Import this module only where triton is installed (the dispatcher does).
 """
@@ -84,22 +87,23 @@ def _halves(p, BF16: tl.constexpr):
 def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
             ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
             BLOCK_N: tl.constexpr, KW: tl.constexpr, BF16_DOT: tl.constexpr):
-    """The decoded tile [BLOCK_N, KW * PER] (bf16, K in the k' order) of words w0 .. w0 + KW. The
+    """The decoded tile [BLOCK_N, KW * PER] (bf16, columns in order) of words w0 .. w0 + KW. The
     arithmetic is packed bf16 on the GPU; float32 in Triton's CPU interpreter (BF16_DOT False): the
     same values, every step being exact."""
     PER: tl.constexpr = 32 // BITS
     words = w0 + tl.arange(0, KW)[None, :]
     v = tl.load(vals_ptr + rows * stride_w + words, mask=n_mask, other=0).to(tl.uint32, bitcast=True)
-    # joined so that the last dims are (h, pair bits): element (h, i) of word w is column PER*w + i + (PER/2)*h,
-    # i.e. the tile comes out in plain column order (no permutation, x read as it lies)
+    # pair i of a word = columns 2i, 2i + 1 (low, high half); joined pairs come out as [.., h, i bits] -> [.., i, h]
     if PER == 8:
         w = tl.join(tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
-                            _halves(_pair(v, 2, BITS, ELEMENT, zero), BF16_DOT)),
-                    tl.join(_halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT),
+                            _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT)),
+                    tl.join(_halves(_pair(v, 2, BITS, ELEMENT, zero), BF16_DOT),
                             _halves(_pair(v, 3, BITS, ELEMENT, zero), BF16_DOT)))
+        w = tl.permute(w, (0, 1, 4, 3, 2))
     else:
         w = tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
                     _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT))
+        w = tl.permute(w, (0, 1, 3, 2))
     w = tl.reshape(w, (BLOCK_N, KW * PER))
     if ELEMENT == 2:
         w = w - 136.0
@@ -127,7 +131,7 @@ def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm
     rows = offs_n[:, None]
     PER: tl.constexpr = 32 // BITS
     KW: tl.constexpr = BLOCK_K // PER  # words per row per tile
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(0, TILES_PER_SPLIT):
         k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_K
         w = _w_tile(vals_ptr, scales_ptr, rows, n_mask[:, None], k0 // PER, stride_w, stride_s, zero,
@@ -135,17 +139,17 @@ def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + cols[None, :], mask=m_mask[:, None], other=0.0)
         if BF16_DOT:
-            part = tl.dot(x, tl.trans(w))
+            part = tl.dot(w, tl.trans(x))
         else:  # Triton's CPU interpreter gets bf16 dots wrong: float32 operands hold the same values
-            part = tl.dot(x.to(tl.float32), tl.trans(w))
+            part = tl.dot(w, tl.trans(x.to(tl.float32)))
         if ELEMENT == 2:  # the group's fp16 scale (BLOCK_K divides the group)
             s = _scale_raw(scales_ptr, offs_n, k0 // BLOCK, n_mask, stride_s, SCALE)
-            acc += part * s[None, :]
+            acc += part * s[:, None]
         else:
             acc += part
     if SCALE == 2:
         acc = acc * tensor_scale
-    store_tile(y_ptr, acc, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
+    store_tile(y_ptr, tl.trans(acc), offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
 
 
 def default_config(m: int, p: PackedLinear) -> dict[str, int]:
