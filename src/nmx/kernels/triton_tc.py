@@ -84,6 +84,21 @@ def _halves(p, BF16: tl.constexpr):
 
 
 @triton.jit
+def _value(p, s, ELEMENT: tl.constexpr, SCALE: tl.constexpr, BF16_DOT: tl.constexpr):
+    """A pair's bit patterns (uint32 [BN, KW]) -> its two weights [BN, KW, 2] (bf16; float32 in the
+    interpreter), decoded and scaled (s: the word's block scale [BN, KW, 1], exact in bf16)."""
+    w = _halves(p, BF16_DOT)
+    if ELEMENT == 2:
+        w = w - 136.0
+    else:
+        BIAS: tl.constexpr = 2.0**126 if ELEMENT == 1 else 2.0**120
+        w = w * BIAS
+        if SCALE != 0:
+            w = w * s
+    return w
+
+
+@triton.jit
 def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
             ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
             BLOCK_N: tl.constexpr, KW: tl.constexpr, BF16_DOT: tl.constexpr):
@@ -94,25 +109,22 @@ def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
     words = w0 + tl.arange(0, KW)[None, :]
     v = tl.load(vals_ptr + rows * stride_w + words, mask=n_mask, other=0).to(tl.uint32, bitcast=True)
     # pair i of a word = columns 2i, 2i + 1 (low, high half); joined pairs come out as [.., h, i bits] -> [.., i, h]
+    if SCALE != 0 and ELEMENT != 2:  # the block scale of each word, exact in bf16: [BN, KW, 1]
+        s = _scale_raw(scales_ptr, rows, words * PER // BLOCK, n_mask, stride_s, SCALE)
+        s = s.to(tl.bfloat16)[:, :, None] if BF16_DOT else s[:, :, None]
+    else:
+        s = 1.0
     if PER == 8:
-        w = tl.join(tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
-                            _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT)),
-                    tl.join(_halves(_pair(v, 2, BITS, ELEMENT, zero), BF16_DOT),
-                            _halves(_pair(v, 3, BITS, ELEMENT, zero), BF16_DOT)))
+        w = tl.join(tl.join(_value(_pair(v, 0, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT),
+                            _value(_pair(v, 1, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT)),
+                    tl.join(_value(_pair(v, 2, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT),
+                            _value(_pair(v, 3, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT)))
         w = tl.permute(w, (0, 1, 4, 3, 2))
     else:
-        w = tl.join(_halves(_pair(v, 0, BITS, ELEMENT, zero), BF16_DOT),
-                    _halves(_pair(v, 1, BITS, ELEMENT, zero), BF16_DOT))
+        w = tl.join(_value(_pair(v, 0, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT),
+                    _value(_pair(v, 1, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT))
         w = tl.permute(w, (0, 1, 3, 2))
     w = tl.reshape(w, (BLOCK_N, KW * PER))
-    if ELEMENT == 2:
-        w = w - 136.0
-    else:
-        BIAS: tl.constexpr = 2.0**126 if ELEMENT == 1 else 2.0**120
-        w = w * BIAS
-        if SCALE != 0:  # the block scale of each word, exact in bf16
-            s = _scale_raw(scales_ptr, rows, words * PER // BLOCK, n_mask, stride_s, SCALE).to(w.dtype)
-            w = tl.reshape(tl.reshape(w, (BLOCK_N, KW, PER)) * s[:, :, None], (BLOCK_N, KW * PER))
     return w.to(tl.bfloat16) if BF16_DOT else w
 
 
