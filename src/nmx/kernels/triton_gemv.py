@@ -249,6 +249,14 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
 
 
 @triton.jit
+def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(K split, token offsets, row offsets, their masks) of this program in a (N blocks, SPLIT_K, M blocks) grid."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return tl.program_id(1), offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
 def store_tile(y_ptr, out, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K: tl.constexpr):
     """Write an output tile [BLOCK_M, BLOCK_N]: stored, or added (float32 atomics) when K is split."""
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -277,13 +285,7 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
     """Several tokens: the same decode, element j of every word forming a [BLOCK_N, W] operand of a
     tensor-core dot with x's columns j, j + WC, ... (the dot's K order is a permutation of K, the
     same for both operands); scales multiply the weights before the dot."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
+    pid_k, offs_m, offs_n, m_mask, n_mask = tile_offsets(M, N, BLOCK_M, BLOCK_N)
     rows = offs_n[:, None]
     PER: tl.constexpr = 32 // BITS  # elements per word
     WC: tl.constexpr = 2 * PER if SPARSE else PER  # dense columns per word

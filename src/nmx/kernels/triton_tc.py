@@ -35,7 +35,15 @@ import triton.language as tl
 
 from nmx.errors import InputError
 from nmx.kernels.layout import PackedLinear
-from nmx.kernels.triton_gemv import ELEMENT_BITS, ELEMENT_IDS, SCALE_IDS, _scale_raw, new_output, store_tile
+from nmx.kernels.triton_gemv import (
+    ELEMENT_BITS,
+    ELEMENT_IDS,
+    SCALE_IDS,
+    _scale_raw,
+    new_output,
+    store_tile,
+    tile_offsets,
+)
 
 #: element kinds this kernel decodes (dense weights only: 2:4 and bf16 values go elsewhere)
 TC_ELEMENTS = ("int4", "e2m1", "e4m3")
@@ -133,13 +141,7 @@ def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm
                ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
+    pid_k, offs_m, offs_n, m_mask, n_mask = tile_offsets(M, N, BLOCK_M, BLOCK_N)
     rows = offs_n[:, None]
     PER: tl.constexpr = 32 // BITS
     KW: tl.constexpr = BLOCK_K // PER  # words per row per tile
