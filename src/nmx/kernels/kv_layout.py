@@ -263,6 +263,8 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
     from nmx.kv.policy import QuantSpec
 
     _check_kv(k, v)
+    if backend not in ("auto", "torch", "triton"):
+        raise InputError(f"pack_kv: unknown backend {backend!r}: use auto, torch or triton")
     kk, vk = kv_format(key_format), kv_format(value_format)
     if (kk[0] == "bf16") != (vk[0] == "bf16"):
         raise InputError("pack_kv: bf16 (no quantization) must be the format of both keys and values, or of neither")
@@ -276,8 +278,6 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
         empty = torch.zeros(b, h, 0, d // 2, dtype=torch.int32, device=k.device)
         return PackedKV(b, h, t, d, group or 0, residual, key_format, value_format, 0, empty, None, empty, None,
                         k16.contiguous(), v16.contiguous())
-    if backend not in ("auto", "torch", "triton"):
-        raise InputError(f"pack_kv: unknown backend {backend!r}: use auto, torch or triton")
     ints = kk[0] == "int" and vk[0] == "int"
     if backend == "triton" and not ints:
         raise InputError(f"pack_kv: the triton backend packs int4 / int2 keys and values, not {key_format} / "
