@@ -318,8 +318,8 @@ def _dot_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, M, N
                 d = _dec_at(v, j, BITS, ELEMENT, zero)
                 if SCALE != 0:
                     d = d * s
-                acc = _dot(acc, _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + (2 * (j % (PER // 2)) + j // (PER // 2)),
-                                        BF16_DOT), d, BF16_DOT)
+                xj = _x_tile(x_ptr, offs_m, m_mask, stride_xm, col + (2 * (j % (PER // 2)) + j // (PER // 2)), BF16_DOT)
+                acc = _dot(acc, xj, d, BF16_DOT)
     if SCALE == 2:
         acc = acc * tensor_scale
     store_tile(y_ptr, acc, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
