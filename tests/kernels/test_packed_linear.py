@@ -153,6 +153,7 @@ import torch
 from nmx.errors import InputError
 from nmx.kernels import pack, linear_reference
 from nmx.kernels.triton_tc import tc_linear
+from nmx.kernels.triton_gemv import _SPLIT_WORKSPACE
 torch.manual_seed(0)
 for fmt in %r:
     w = torch.randn(40, 256) / 16
@@ -166,6 +167,10 @@ for fmt in %r:
         r = linear_reference(x, p).float()
         err = float((y - r).norm() / r.norm())
         assert torch.isfinite(y).all() and err < 1e-2, (fmt, m, err)
+        if cfg and cfg["SPLIT_K"] > 1:  # one-launch split-K: the workspace cleans itself, a repeat agrees
+            assert torch.equal(tc_linear(x, p, cfg).float(), y)
+            for ws, count in _SPLIT_WORKSPACE.values():
+                assert not ws.any() and not count.any()
 for bad in (lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), None)),
             lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), "int4_g32"),
                               dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, num_warps=4, num_stages=1))):
@@ -199,6 +204,8 @@ def test_tensor_core_kernel_on_the_gpu(fmt, m):
                        "num_stages": 3}):
         y = tc_linear(x, p, cfg, poison=True).float()
         assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2, cfg
+        y2 = tc_linear(x, p, cfg).float()  # split-K's workspace cleaned itself (else y2 would hold y twice)
+        assert float((y2 - y).norm() / y.norm()) < 1e-3  # atomics add in any order: not bit for bit
     # the decoded weight exactly: x = identity columns pick W's columns out (exact in float32)
     eye = torch.eye(2048, device="cuda", dtype=torch.bfloat16)[:64]
     got = tc_linear(eye, p).float()

@@ -267,6 +267,41 @@ def store_tile(y_ptr, out, offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K: t
         tl.atomic_add(y_ptrs, out, mask=mask)
 
 
+@triton.jit
+def store_split_tile(y_ptr, ws_ptr, count_ptr, out, offs_m, offs_n, m_mask, n_mask, stride_ym,
+                     SPLIT_K: tl.constexpr):
+    """Split-K in one launch: every program adds its partial tile [BLOCK_M, BLOCK_N] (float32) into the
+    workspace, then counts itself in; the last of the tile's SPLIT_K programs takes the sum out (and
+    leaves zeros: the workspace and counter clean themselves for the next call) and stores it as bf16.
+    No zero-fill before and no cast after, so a split call is one kernel, also inside a CUDA graph."""
+    ws = ws_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]  # laid out as y
+    mask = m_mask[:, None] & n_mask[None, :]
+    tl.atomic_add(ws, out, mask=mask, sem="relaxed")
+    tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # orders the adds above before it
+    if arrived == SPLIT_K - 1:
+        # read and zero in one atomic, on the bits (the interpreter exchanges integers only)
+        total = tl.atomic_xchg(ws.to(tl.pointer_type(tl.int32)), 0, mask=mask).to(tl.float32, bitcast=True)
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], total.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(count_ptr + tile, 0)
+
+
+_SPLIT_WORKSPACE: dict = {}
+
+
+def split_workspace(device: torch.device, elements: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed float32 workspace and int32 tile counters for `store_split_tile`, one pair per (device,
+    stream), grown when a call needs more; kernels leave them zeroed."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    ws, count = _SPLIT_WORKSPACE.get(key, (None, None))
+    if ws is None or ws.numel() < elements or count.numel() < tiles:
+        ws = torch.zeros(max(elements, 0 if ws is None else ws.numel()), device=device, dtype=torch.float32)
+        count = torch.zeros(max(tiles, 0 if count is None else count.numel()), device=device, dtype=torch.int32)
+        _SPLIT_WORKSPACE[key] = (ws, count)
+    return ws, count
+
+
 def new_output(m: int, n: int, device: torch.device, split: int, poison: bool) -> torch.Tensor:
     """The output of a launch: float32 zeros to add split-K partial sums into, else bf16 (NaN-filled
     when `poison`: tests check every element is written)."""

@@ -18,9 +18,11 @@ register once the exponent bits are or-ed in:
 
 The product is computed transposed, y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, BLOCK_K] x^T: W is
 the tensor cores' A operand (on sm_90 a warpgroup MMA with M = 64 rows of W and N = BLOCK_M >= 16
-tokens, so 1 .. 16 tokens cost the same). Float32 accumulation, bf16 output; split-K adds float32
-partial sums with atomics. Offline sm_90 compiles (benchmarks/sass_count.py --tc) count ~3.3 main-loop
-instructions per weight for int4, ~7 for e2m1.
+tokens, so 1 .. 16 tokens cost the same). Float32 accumulation, bf16 output; split-K (needed: 64-row
+programs leave a 4096-row weight 64 of them) adds float32 partial sums into a self-cleaning workspace
+and the last program of each tile writes it out, all in one launch (`store_split_tile`). Offline sm_90
+compiles (benchmarks/sass_count.py --tc) count ~3.3 main-loop instructions per weight for int4, ~7 for
+e2m1.
 
 Import this module only where triton is installed (the dispatcher does).
 """
@@ -41,6 +43,8 @@ from nmx.kernels.triton_gemv import (
     SCALE_IDS,
     _scale_raw,
     new_output,
+    split_workspace,
+    store_split_tile,
     store_tile,
     tile_offsets,
 )
@@ -137,7 +141,8 @@ def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
 
 
 @triton.jit
-def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm, stride_ym, stride_w, stride_s, zero,
+def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, ws_ptr, count_ptr, tensor_scale, M, N, stride_xm, stride_ym,
+               stride_w, stride_s, zero,
                ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
@@ -163,7 +168,10 @@ def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, tensor_scale, M, N, stride_xm
             acc += part
     if SCALE == 2:
         acc = acc * tensor_scale
-    store_tile(y_ptr, tl.trans(acc), offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
+    if SPLIT_K == 1:
+        store_tile(y_ptr, tl.trans(acc), offs_m, offs_n, m_mask, n_mask, stride_ym, 1)
+    else:
+        store_split_tile(y_ptr, ws_ptr, count_ptr, tl.trans(acc), offs_m, offs_n, m_mask, n_mask, stride_ym, SPLIT_K)
 
 
 def default_config(m: int, p: PackedLinear) -> dict[str, int]:
@@ -199,12 +207,14 @@ def tc_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = 
             p.element == "int4" and p.block % block_k):
         raise InputError(f"config {config}: BLOCK_K must divide K = {k} (and the int4 group), hold whole "
                          f"words, and split into SPLIT_K equal parts; BLOCK_M >= 16")
-    y = new_output(m, p.n, x.device, split, poison)
+    y = new_output(m, p.n, x.device, 1, poison)
     vals = p.values.view(torch.int32)
     scales = p.scales if p.scales is not None else vals
     grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
-    _tc_kernel[grid](x, vals, scales, y, float(p.tensor_scale), m, p.n, x.stride(0), y.stride(0), vals.stride(0),
+    ws, count = split_workspace(x.device, m * p.n, grid[0] * grid[2]) if split > 1 else (y, vals)
+    _tc_kernel[grid](x, vals, scales, y, ws, count, float(p.tensor_scale), m, p.n, x.stride(0), y.stride(0),
+                     vals.stride(0),
                      scales.stride(0), 0, ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind],
                      BLOCK=p.block or 1, BITS=ELEMENT_BITS[p.element], BLOCK_K=block_k, SPLIT_K=split,
                      TILES_PER_SPLIT=tiles // split, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", **cfg)
-    return y if split == 1 else y.to(torch.bfloat16)
+    return y
