@@ -278,12 +278,16 @@ def store_split_tile(y_ptr, ws_ptr, count_ptr, out, offs_m, offs_n, m_mask, n_ma
     mask = m_mask[:, None] & n_mask[None, :]
     tl.atomic_add(ws, out, mask=mask, sem="relaxed")
     tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
-    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # orders the adds above before it
+    # every thread's adds, then one release at GPU scope (the CUDA idiom: barrier, then a fenced atomic):
+    # a program that sees the count sees the adds
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
     if arrived == SPLIT_K - 1:
         # read and zero in one atomic, on the bits (the interpreter exchanges integers only)
-        total = tl.atomic_xchg(ws.to(tl.pointer_type(tl.int32)), 0, mask=mask).to(tl.float32, bitcast=True)
+        total = tl.atomic_xchg(ws.to(tl.pointer_type(tl.int32)), 0, mask=mask, sem="relaxed").to(tl.float32,
+                                                                                                  bitcast=True)
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], total.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(count_ptr + tile, 0)
+        tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed")  # the next launch is ordered after this one
 
 
 _SPLIT_WORKSPACE: dict = {}
