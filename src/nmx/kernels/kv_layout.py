@@ -248,6 +248,37 @@ def _unpack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
     return codes.reshape(*lead, tw * nph, dw * 2)
 
 
+def _torch_codes(fmt, x: torch.Tensor, keys: bool, tq: int, g: int, span: int, kind: tuple[str, int, str | None]
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """pack_kv's torch path for one of K (keys) or V: the layout's words and scales of x's first tq tokens."""
+    b, h, _, d = x.shape
+    elem, bits, scale_kind = kind
+    xq = x[:, :, :tq].float()
+    if keys:  # per channel over the chunk's tokens: [B, H, chunks, G, D] along the token dim
+        codes, scales = _codes_and_scales(fmt, xq.reshape(b, h, tq // g, g, d), 3) if tq else (None, None)
+        if codes is not None:
+            codes = codes.reshape(b, h, tq // g, d, g).transpose(-1, -2).reshape(b, h, tq, d)
+        if scales is not None:
+            view = scales.view(torch.float16) if scale_kind == "fp16" else scales
+            scales = view.reshape(b, h, tq // g, d, g // span).transpose(-1, -2).reshape(b, h, tq // span, d)
+    else:  # per token over groups of G channels: [B, H, T, D/G, G] along the last dim
+        codes, scales = _codes_and_scales(fmt, xq.reshape(b, h, tq, d // g, g), -1) if tq else (None, None)
+        if codes is not None:
+            codes = codes.reshape(b, h, tq, d)
+        if scales is not None:
+            view = scales.view(torch.float16) if scale_kind == "fp16" else scales
+            scales = view.reshape(b, h, tq, d // span)
+    if codes is None:
+        codes = torch.zeros(b, h, 0, d, dtype=torch.int32, device=x.device)
+        if scale_kind is not None:
+            shape = (b, h, 0, d) if keys else (b, h, 0, d // span)
+            scales = torch.zeros(shape, dtype=torch.float16 if scale_kind == "fp16" else torch.uint8,
+                                 device=x.device)
+    if elem == "int":
+        codes = codes ^ (1 << (bits - 1))  # two's complement -> offset binary
+    return _pack_words(codes, bits).contiguous(), None if scales is None else scales.contiguous()
+
+
 def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_format: str = "int4",
             group: int | None = None, residual: int = 128, backend: str = "auto") -> PackedKV:
     """Quantize K, V [batch, kv_heads, tokens, head_dim] as nmx.kv does and lay them out for the kernel.
@@ -298,40 +329,16 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
     packed = PackedKV(b, h, t, d, g, residual, key_format, value_format, tq, None, None, None, None,
                       k16[:, :, tq:].contiguous(), v16[:, :, tq:].contiguous())
     out: dict[str, torch.Tensor | None] = {}
-    if backend == "triton":
-        from nmx.kernels.triton_kv_pack import pack_int_codes
+    for which, x, kind in (("k", k16, kk), ("v", v16, vk)):
+        keys = which == "k"
+        if backend == "triton":
+            from nmx.kernels.triton_kv_pack import pack_int_codes
 
-        for which, x, (_, bits, _) in (("k", k16, kk), ("v", v16, vk)):
-            out[f"{which}_codes"], out[f"{which}_scales"] = pack_int_codes(x.contiguous(), tq, g, bits, which == "k")
-    for which, x, (elem, bits, scale_kind) in (("k", k16, kk), ("v", v16, vk)) if backend == "torch" else ():
-        fmt = formats.get(key_format if which == "k" else value_format)
-        xq = x[:, :, :tq].float()
-        if which == "k":  # per channel over the chunk's tokens: [B, H, chunks, G, D] along the token dim
-            codes, scales = _codes_and_scales(fmt, xq.reshape(b, h, tq // g, g, d), 3) if tq else (None, None)
-            if codes is not None:
-                codes = codes.reshape(b, h, tq // g, d, g).transpose(-1, -2).reshape(b, h, tq, d)
-            span = packed.key_span
-            if scales is not None:
-                view = scales.view(torch.float16) if scale_kind == "fp16" else scales
-                scales = view.reshape(b, h, tq // g, d, g // span).transpose(-1, -2).reshape(b, h, tq // span, d)
-        else:  # per token over groups of G channels: [B, H, T, D/G, G] along the last dim
-            codes, scales = _codes_and_scales(fmt, xq.reshape(b, h, tq, d // g, g), -1) if tq else (None, None)
-            if codes is not None:
-                codes = codes.reshape(b, h, tq, d)
-            span = packed.value_span
-            if scales is not None:
-                view = scales.view(torch.float16) if scale_kind == "fp16" else scales
-                scales = view.reshape(b, h, tq, d // span)
-        if codes is None:
-            codes = torch.zeros(b, h, 0, d, dtype=torch.int32, device=k.device)
-            if scale_kind is not None:
-                shape = (b, h, 0, d) if which == "k" else (b, h, 0, d // span)
-                scales = torch.zeros(shape, dtype=torch.float16 if scale_kind == "fp16" else torch.uint8,
-                                     device=k.device)
-        if elem == "int":
-            codes = codes ^ (1 << (bits - 1))  # two's complement -> offset binary
-        out[f"{which}_codes"] = _pack_words(codes, bits).contiguous()
-        out[f"{which}_scales"] = None if scales is None else scales.contiguous()
+            codes, scales = pack_int_codes(x.contiguous(), tq, g, kind[1], keys)
+        else:
+            codes, scales = _torch_codes(formats.get(key_format if keys else value_format), x, keys, tq, g,
+                                         packed.key_span if keys else packed.value_span, kind)
+        out[f"{which}_codes"], out[f"{which}_scales"] = codes, scales
     packed = PackedKV(b, h, t, d, g, residual, key_format, value_format, tq, out["k_codes"], out["k_scales"],
                       out["v_codes"], out["v_scales"], packed.k_rest, packed.v_rest)
     packed.check()
