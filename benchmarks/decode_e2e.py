@@ -3,6 +3,11 @@ compressed path (2:4 + nvfp4 weights through `nmx.kernels.linear`, 4-bit KV cach
 `nmx.kernels.kv_attention`), batch 1 and 16, on one CUDA GPU.
 
     python benchmarks/decode_e2e.py [--out DIR] [--context 4096] [--batches 1,16] [--layers 32]
+                                    [--weights 2:4+nvfp4] [--backend auto]
+
+`--weights`: the compressed model's weights, "[2:4+]FORMAT" (default 2:4+nvfp4, the issue's recipe;
+e.g. nvfp4 or int4_g128 for dense 4-bit); `--backend`: what `nmx.kernels.linear` runs them with
+(auto = the dispatcher; tc = the tensor-core kernel for dense 4/8-bit weights at every batch).
 
 Weights are real random values (normal / sqrt(K)) with real 2:4 masks (by magnitude), so zeros do
 not make anything faster than it is. Both models are the same graph of operations: RMSNorm, fused
@@ -54,17 +59,20 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 class Layer:
     """One decoder layer's weights, in one of the two forms."""
 
-    def __init__(self, cfg: dict, compressed: bool, device: str, seed: int) -> None:
+    def __init__(self, cfg: dict, compressed: bool, device: str, seed: int, weights: str = "2:4+nvfp4",
+                 backend: str = "auto") -> None:
         g = torch.Generator(device=device).manual_seed(seed)
         h, f = cfg["hidden"], cfg["ffn"]
         qkv_out = (cfg["heads"] + 2 * cfg["kv_heads"]) * cfg["head_dim"]
         shapes = {"qkv": (qkv_out, h), "o": (h, cfg["heads"] * cfg["head_dim"]), "gate_up": (2 * f, h), "down": (h, f)}
-        self.compressed = compressed
+        self.compressed, self.backend = compressed, backend
+        pattern, _, fmt = weights.rpartition("+")
+        pattern = pattern or None
         self.w = {}
         for name, (n, k) in shapes.items():
             w = torch.randn(n, k, generator=g, device=device) / math.sqrt(k)
             if compressed:
-                self.w[name] = pack(w * nm_mask(w.abs(), 2, 4), "nvfp4", "2:4")
+                self.w[name] = pack(w * nm_mask(w.abs(), 2, 4) if pattern else w, fmt, pattern)
             else:
                 self.w[name] = w.to(torch.bfloat16)
             del w
@@ -73,13 +81,14 @@ class Layer:
 
     def lin(self, x: torch.Tensor, name: str) -> torch.Tensor:
         w = self.w[name]
-        return linear(x, w) if self.compressed else F.linear(x, w)
+        return linear(x, w, self.backend) if self.compressed else F.linear(x, w)
 
 
 class Model:
-    def __init__(self, cfg: dict, layers: int, compressed: bool, device: str) -> None:
+    def __init__(self, cfg: dict, layers: int, compressed: bool, device: str, weights: str = "2:4+nvfp4",
+                 backend: str = "auto") -> None:
         self.cfg, self.compressed, self.device = cfg, compressed, device
-        self.layers = [Layer(cfg, compressed, device, seed=i) for i in range(layers)]
+        self.layers = [Layer(cfg, compressed, device, i, weights, backend) for i in range(layers)]
         g = torch.Generator(device=device).manual_seed(1000)
         self.embed = (torch.randn(cfg["vocab"], cfg["hidden"], generator=g, device=device) * 0.02).to(torch.bfloat16)
         self.lm_head = (torch.randn(cfg["vocab"], cfg["hidden"], generator=g, device=device)
@@ -154,25 +163,28 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--weights", default="2:4+nvfp4", help="[2:4+]FORMAT of the compressed model's weights")
+    ap.add_argument("--backend", default="auto", help="nmx.kernels.linear backend for them (auto, tc, ...)")
     ap.add_argument("--cpu-smoke", action="store_true", help="one step of a tiny model on CPU (reference paths)")
     args = ap.parse_args()
     if args.cpu_smoke:  # checks this script's logic without a GPU
         tiny = {"hidden": 128, "heads": 4, "kv_heads": 4, "head_dim": 32, "ffn": 256, "vocab": 100}
         for compressed in (False, True):
-            m = Model(tiny, 2, compressed, "cpu")
+            m = Model(tiny, 2, compressed, "cpu", args.weights)
             m.set_cache(2, 200)
             print("smoke", compressed, m.step(torch.tensor([1, 2])).tolist())
         return
     device = "cuda"
     cfg = LLAMA2_7B
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-               "model": {**cfg, "layers": args.layers}, "context": args.context, "rows": []}
+               "model": {**cfg, "layers": args.layers}, "context": args.context, "weights": args.weights,
+               "backend": args.backend, "rows": []}
     batches = [int(b) for b in args.batches.split(",")]
     rows = {b: {"batch": b} for b in batches}
     for compressed in (False, True):
         key = "compressed" if compressed else "bf16"
         t0 = time.time()
-        model = Model(cfg, args.layers, compressed, device)
+        model = Model(cfg, args.layers, compressed, device, args.weights, args.backend)
         results[f"{key}_build_s"] = time.time() - t0
         for batch in batches:
             model.set_cache(batch, args.context)
@@ -196,7 +208,7 @@ def main() -> None:
                                                                   + row["requant_torch_per_step_s"])
         results["rows"].append(row)
         print(f"batch {batch:3d} context {args.context}: bf16 {row['bf16_step_s'] * 1e3:7.2f} ms/step "
-              f"({row['bf16_tokens_per_s']:8.1f} tok/s) | 2:4+nvfp4 weights, int4 KV "
+              f"({row['bf16_tokens_per_s']:8.1f} tok/s) | {args.weights} weights ({args.backend}), int4 KV "
               f"{row['compressed_step_s'] * 1e3:7.2f} ms/step ({row['compressed_tokens_per_s']:8.1f} tok/s) | "
               f"{row['speedup']:.2f}x ({row['speedup_with_requant']:.2f}x with the cache's re-quantization "
               f"amortized: {rq * 1e6:.0f} us/step by the Triton pack; "
