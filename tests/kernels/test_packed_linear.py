@@ -172,6 +172,8 @@ for fmt in %r:
             for ws, count in _SPLIT_WORKSPACE.values():
                 assert not ws.any() and not count.any()
 for bad in (lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), None)),
+            lambda: tc_linear(torch.randn(1, 256), pack(torch.randn(8, 256), "nvfp4")),
+            lambda: tc_linear(torch.randn(256, 2).to(torch.bfloat16).T, pack(torch.randn(8, 256), "nvfp4")),
             lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), "int4_g32"),
                               dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, num_warps=4, num_stages=1))):
     try:

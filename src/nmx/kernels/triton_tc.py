@@ -198,6 +198,8 @@ def tc_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = 
     if not supports(p):
         raise InputError(f"the tensor-core kernel reads dense int4 / e2m1 / e4m3 weights, not "
                          f"{p.format or 'bf16'}{' 2:4' if p.sparse24 else ''}")
+    if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(-1) != 1 or x.shape[1] != p.k:
+        raise InputError(f"tc_linear takes x [M, {p.k}] bf16 with contiguous rows, got {x.dtype} {tuple(x.shape)}")
     m, k = x.shape
     cfg = dict(config or default_config(m, p))
     block_k, split = cfg.pop("BLOCK_K"), cfg.pop("SPLIT_K")
