@@ -7,7 +7,8 @@ compressed path (2:4 + nvfp4 weights through `nmx.kernels.linear`, 4-bit KV cach
 
 `--weights`: the compressed model's weights, "[2:4+]FORMAT" (default 2:4+nvfp4, the issue's recipe;
 e.g. nvfp4 or int4_g128 for dense 4-bit); `--backend`: what `nmx.kernels.linear` runs them with
-(auto = the dispatcher; tc = the tensor-core kernel for dense 4/8-bit weights at every batch).
+(auto = the dispatcher; tc = the tensor-core kernel at every batch); `--small-m tc`: the dispatcher
+sends 2..64 tokens to the tensor-core kernel (one token stays on the word kernel).
 
 Weights are real random values (normal / sqrt(K)) with real 2:4 masks (by magnitude), so zeros do
 not make anything faster than it is. Both models are the same graph of operations: RMSNorm, fused
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nmx.kernels import linear, pack  # noqa: E402
+from nmx.kernels import dispatch, linear, pack  # noqa: E402
 from nmx.kernels.kv_attention import decode_attention  # noqa: E402
 from nmx.kernels.kv_layout import pack_kv, random_packed_kv  # noqa: E402
 from nmx.kernels.timing import graph_time  # noqa: E402
@@ -165,8 +166,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--weights", default="2:4+nvfp4", help="[2:4+]FORMAT of the compressed model's weights")
     ap.add_argument("--backend", default="auto", help="nmx.kernels.linear backend for them (auto, tc, ...)")
+    ap.add_argument("--small-m", default="dense", choices=("dense", "tc"), help="the dispatcher's 2..64-token path")
     ap.add_argument("--cpu-smoke", action="store_true", help="one step of a tiny model on CPU (reference paths)")
     args = ap.parse_args()
+    dispatch.SMALL_M = args.small_m
     if args.cpu_smoke:  # checks this script's logic without a GPU
         tiny = {"hidden": 128, "heads": 4, "kv_heads": 4, "head_dim": 32, "ffn": 256, "vocab": 100}
         for compressed in (False, True):
@@ -178,7 +181,7 @@ def main() -> None:
     cfg = LLAMA2_7B
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                "model": {**cfg, "layers": args.layers}, "context": args.context, "weights": args.weights,
-               "backend": args.backend, "rows": []}
+               "backend": args.backend, "small_m": args.small_m, "rows": []}
     batches = [int(b) for b in args.batches.split(",")]
     rows = {b: {"batch": b} for b in batches}
     for compressed in (False, True):
@@ -208,7 +211,8 @@ def main() -> None:
                                                                   + row["requant_torch_per_step_s"])
         results["rows"].append(row)
         print(f"batch {batch:3d} context {args.context}: bf16 {row['bf16_step_s'] * 1e3:7.2f} ms/step "
-              f"({row['bf16_tokens_per_s']:8.1f} tok/s) | {args.weights} weights ({args.backend}), int4 KV "
+              f"({row['bf16_tokens_per_s']:8.1f} tok/s) | {args.weights} weights ({args.backend}, 2..64 tokens: "
+              f"{args.small_m}), int4 KV "
               f"{row['compressed_step_s'] * 1e3:7.2f} ms/step ({row['compressed_tokens_per_s']:8.1f} tok/s) | "
               f"{row['speedup']:.2f}x ({row['speedup_with_requant']:.2f}x with the cache's re-quantization "
               f"amortized: {rq * 1e6:.0f} us/step by the Triton pack; "

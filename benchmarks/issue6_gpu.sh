@@ -3,7 +3,7 @@
 # in time so that one slow part cannot take the others with it. Results go to $OUT (default ./out).
 #     bash benchmarks/issue6_gpu.sh [PART ...]     (PyTorch with CUDA, triton, pytest installed)
 # PARTs (default: all, in this order): tests e2e kv kernels tc fakequant; also "tc-tests" (only the
-# tensor-core kernel's GPU tests) and "e2e-tc" (end to end with dense nvfp4 weights on that kernel).
+# tensor-core kernel's GPU tests) and "e2e-tc" (end to end, 2..64 tokens on that kernel).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src
@@ -21,9 +21,8 @@ for part in $PARTS; do
           2>&1 | tail -4 | tee "$OUT/gpu_tests_tc.txt" ;;
     e2e) step "end-to-end decode"
       timeout 130 python3 benchmarks/decode_e2e.py --context 2048 --out "$OUT" 2>&1 | tail -6 ;;
-    e2e-tc) step "end-to-end decode, dense nvfp4 weights on the tensor-core kernel"
-      timeout 130 python3 benchmarks/decode_e2e.py --context 2048 --weights nvfp4 --backend tc --out "$OUT/e2e_tc" \
-          2>&1 | tail -6 ;;
+    e2e-tc) step "end-to-end decode, 2..64 tokens on the tensor-core kernel"
+      timeout 130 python3 benchmarks/decode_e2e.py --context 2048 --small-m tc --out "$OUT/e2e_tc" 2>&1 | tail -6 ;;
     kv) step "kernel 4: decode attention over a quantized KV cache"
       timeout 90 python3 benchmarks/kv_attention_bench.py --budget-s 60 --out "$OUT" 2>&1 | tail -22 ;;
     kernels) step "kernels 1 and 2"

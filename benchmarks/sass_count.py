@@ -51,23 +51,26 @@ def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
 
-def compile_tc(fmt: str, block_m: int, block_n: int, block_k: int, warps: int, stages: int):
-    """The tensor-core kernel (triton_tc.py) for a dense 4/8-bit format."""
+def compile_tc(fmt: str, block_m: int, block_n: int, block_k: int, warps: int, stages: int, sparse: bool = False):
+    """The tensor-core kernel (triton_tc.py) for a 4/8-bit format, dense or 2:4."""
     from nmx.kernels import triton_tc as tc
 
     element, scale = kernel_format(fmt)
     block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16}.get(fmt, 1)
     if fmt.startswith("int4_g"):
         block = int(fmt[6:])
-    sig = {"x_ptr": "*bf16", "vals_ptr": "*i32", "scales_ptr": "*fp16" if scale == "fp16" else "*u8",
-           "y_ptr": "*bf16", "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32",
-           "stride_w": "i32", "stride_s": "i32", "zero": "i32"}
+    bits = tg.ELEMENT_BITS[element]
+    sig = {"x_ptr": "*bf16", "vals_ptr": "*i32", "meta_ptr": "*i16" if bits == 4 else "*u8",
+           "scales_ptr": "*fp16" if scale == "fp16" else "*u8", "y_ptr": "*bf16", "ws_ptr": "*fp32",
+           "count_ptr": "*i32", "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32",
+           "stride_ym": "i32", "stride_w": "i32", "stride_meta": "i32", "stride_s": "i32", "zero": "i32"}
     const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block,
-                 BITS=tg.ELEMENT_BITS[element], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
+                 BITS=bits, SPARSE=sparse, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
     sig.update({k: "constexpr" for k in const})
     names = list(tc._tc_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]]
-             for a in ("x_ptr", "vals_ptr", "scales_ptr", "y_ptr", "N", "stride_xm", "stride_ym", "stride_w", "stride_s")}
+             for a in ("x_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "stride_xm", "stride_ym", "stride_w",
+                       "stride_meta", "stride_s")}
     src = ASTSource(fn=tc._tc_kernel, signature=sig, constexprs=const, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
@@ -110,7 +113,7 @@ def main() -> None:
     fmt = None if args.format == "bf16" else args.format
     sparse = args.pattern == "2:4"
     if args.tc:
-        k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages)
+        k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages, sparse)
     else:
         k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages)
     body = main_loop(k.asm["cubin"])

@@ -1,5 +1,5 @@
 """The curve over M = 1 .. 64 tokens: the tensor-core kernel (triton_tc.py) against cuBLAS bf16 and the
-one-token word kernel, on Llama-2-7B shapes, for the dense 4/8-bit formats.
+one-token word kernel, on Llama-2-7B shapes, for 4/8-bit formats dense and 2:4.
 
     python benchmarks/tc_curve.py [--out DIR] [--ms 1,2,4,8,16,32,64] [--budget-s 240] [--cpu-dry-run]
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from nmx.kernels import linear_reference, pack  # noqa: E402
 from nmx.kernels.layout import PackedLinear  # noqa: E402
 
-FORMATS = ["int4_g128", "nvfp4", "mxfp4", "fp8_e4m3", "mxfp8_e4m3"]
+FORMATS = ["int4_g128", "nvfp4", "mxfp4", "fp8_e4m3", "mxfp8_e4m3", "2:4+int4_g128", "2:4+nvfp4", "2:4+fp8_e4m3"]
 SHAPES = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096), "4096x11008": (4096, 11008)}
 ROTATE_BYTES = 256 << 20
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) tried beside the default; SPLIT_K as the default picks it
@@ -53,6 +53,15 @@ def configs(m: int, p: PackedLinear) -> list[dict]:
     return out
 
 
+def make(n: int, k: int, name: str, device: str = "cuda", seed: int = 7) -> PackedLinear:
+    """A packed random weight: name "[2:4+]FORMAT" (2:4: pruned by magnitude)."""
+    from nmx.sparsity.masks import nm_mask
+
+    pattern, _, fmt = name.rpartition("+")
+    w = torch.randn(n, k, device=device, generator=torch.Generator(device=device).manual_seed(seed)) / math.sqrt(k)
+    return pack(w * nm_mask(w.abs(), 2, 4) if pattern else w, fmt, pattern or None)
+
+
 def clones(p: PackedLinear) -> list[PackedLinear]:
     r = max(2, math.ceil(ROTATE_BYTES / p.nbytes))
     cl = lambda t: None if t is None else t.clone()  # noqa: E731
@@ -73,8 +82,7 @@ def dry_run() -> None:
     from nmx.kernels.triton_tc import tc_linear
 
     for fmt in FORMATS:
-        w = torch.randn(96, 256) / 16
-        p = pack(w, fmt)
+        p = make(96, 256, fmt, "cpu")
         for m in (1, 3, 17):
             x = torch.randn(m, 256).to(torch.bfloat16)
             for cfg in configs(m, p)[:3]:
@@ -108,10 +116,8 @@ def main() -> None:
         for fmt in FORMATS:
             if time.time() - t_start > args.budget_s:
                 break
-            g = torch.Generator(device="cuda").manual_seed(7)
-            p = pack(torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k), fmt)
-            p_cpu = PackedLinear(p.n, p.k, p.format, p.sparse24, p.values.cpu(), None,
-                                 None if p.scales is None else p.scales.cpu(), p.tensor_scale, p.block)
+            p = make(n, k, fmt)
+            p_cpu = p.to("cpu")
             copies = clones(p)
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

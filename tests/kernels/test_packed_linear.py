@@ -142,36 +142,41 @@ print("gemv ok")
 
 
 TC_FORMATS = ["int4_g128", "int4_g32", "mxfp4", "nvfp4", "fp8_e4m3", "mxfp8_e4m3"]
+TC_CASES = [(f, None) for f in TC_FORMATS] + [(f, "2:4") for f in ("int4_g128", "nvfp4", "mxfp4", "fp8_e4m3")]
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed (the kernel's CPU twin is tested above)")
 def test_tensor_core_kernel_in_the_cpu_interpreter_matches_the_twin():
-    """triton_tc.py in Triton's interpreter (float32 operands there: same values), every dense format, one
-    token and several, split-K, ragged M and N; bad configs and formats refused."""
+    """triton_tc.py in Triton's interpreter (float32 operands there: same values), every format dense and
+    2:4, one token and several, split-K, ragged M and N; bad configs and formats refused."""
     code = r"""
 import torch
 from nmx.errors import InputError
 from nmx.kernels import pack, linear_reference
 from nmx.kernels.triton_tc import tc_linear
 from nmx.kernels.triton_gemv import _SPLIT_WORKSPACE
+from nmx.sparsity.masks import nm_mask
 torch.manual_seed(0)
-for fmt in %r:
+for fmt, pat in %r:
     w = torch.randn(40, 256) / 16
     w[0, :8] = torch.tensor([3.0, -2.5, 1e-9, 0.0, 6.0, -6.0, 0.5, 0.25])
     w[1, :4] = torch.tensor([2.0**-8, -(2.0**-9), 2.0**-7, 1e-3])  # e4m3 / e2m1 subnormals after scaling
-    p = pack(w, fmt, None)
+    w = w * nm_mask(w.abs(), 2, 4) if pat else w
+    p = pack(w, fmt, pat)
     for m, cfg in ((1, None), (5, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, num_warps=4, num_stages=1)),
                    (20, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=1, num_warps=4, num_stages=1))):
         x = torch.randn(m, 256).to(torch.bfloat16)
         y = tc_linear(x, p, cfg, poison=True).float()
         r = linear_reference(x, p).float()
         err = float((y - r).norm() / r.norm())
-        assert torch.isfinite(y).all() and err < 1e-2, (fmt, m, err)
+        assert torch.isfinite(y).all() and err < 1e-2, (fmt, pat, m, err)
         if cfg and cfg["SPLIT_K"] > 1:  # one-launch split-K: the workspace cleans itself, a repeat agrees
             assert torch.equal(tc_linear(x, p, cfg).float(), y)
             for ws, count in _SPLIT_WORKSPACE.values():
                 assert not ws.any() and not count.any()
 for bad in (lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), None)),
+            lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16),
+                              pack(torch.randn(8, 256) * nm_mask(torch.rand(8, 256), 2, 4), None, "2:4")),
             lambda: tc_linear(torch.randn(1, 256), pack(torch.randn(8, 256), "nvfp4")),
             lambda: tc_linear(torch.randn(256, 2).to(torch.bfloat16).T, pack(torch.randn(8, 256), "nvfp4")),
             lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch.randn(8, 256), "int4_g32"),
@@ -182,7 +187,7 @@ for bad in (lambda: tc_linear(torch.randn(1, 256).to(torch.bfloat16), pack(torch
     except InputError:
         pass
 print("tc ok")
-""" % (TC_FORMATS,)
+""" % (TC_CASES,)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "tc ok" in r.stdout, r.stderr[-2000:]
@@ -190,16 +195,17 @@ print("tc ok")
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
-@pytest.mark.parametrize("fmt", TC_FORMATS)
+@pytest.mark.parametrize("fmt,pattern", TC_CASES)
 @pytest.mark.parametrize("m", [1, 2, 7, 16, 33, 64])
-def test_tensor_core_kernel_on_the_gpu(fmt, m):
+def test_tensor_core_kernel_on_the_gpu(fmt, pattern, m):
     """triton_tc.py on a shape with several row blocks, K tiles and split-K, against the twin; subnormal
     weights included (bf16 subnormals in the packed multiply)."""
     from nmx.kernels.triton_tc import tc_linear
 
     w = weight(700, 2048, None, seed=m)
     w[1, :4] = torch.tensor([2.0**-8, -(2.0**-9), 2.0**-7, 1e-3])
-    p = pack(w.cuda(), fmt)
+    w = w * nm_mask(w.abs(), 2, 4) if pattern else w
+    p = pack(w.cuda(), fmt, pattern)
     x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
     r = linear_reference(x, p).float()
     for cfg in (None, {"BLOCK_M": 16 if m <= 16 else 64, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 4, "num_warps": 4,
@@ -286,3 +292,18 @@ def test_large_m_dispatch_on_the_gpu():
             assert float((yg.float() - r).norm() / r.norm()) < 1e-2
     with pytest.raises(InputError, match="2:4"):
         linear(torch.randn(100, 2048, device="cuda"), pack(weight(64, 2048).cuda(), None), backend="sparse24")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRITON, reason="needs a CUDA GPU and triton")
+def test_small_m_switch_sends_2_to_64_tokens_to_the_tensor_core_kernel(monkeypatch):
+    from nmx.kernels import dispatch
+    from nmx.kernels.triton_tc import tc_linear
+
+    monkeypatch.setattr(dispatch, "SMALL_M", "tc")
+    p = pack(weight(512, 1024, "2:4", seed=9).cuda(), "nvfp4", "2:4")
+    x = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
+    assert dispatch.choose(x, p) == "tc" and dispatch.choose(x[:1], p) == "gemv"
+    assert torch.equal(linear(x, p), tc_linear(x, p))
+    bf16 = pack(weight(512, 1024, "2:4", seed=9).cuda(), None, "2:4")
+    assert dispatch.choose(x, bf16) == "dense"  # bf16 values: the tensor-core kernel does not read them

@@ -3,9 +3,11 @@
     gemv       one token on a CUDA GPU with triton: the word-streaming kernel (triton_gemv.py),
                1.0-2.1x of cuBLAS bf16 on Llama-2-7B shapes (H200, BENCHMARKS.md)
     dense      2 .. 64 tokens: W decoded once to bf16 (kept beside the packed weight: memory of both)
-               and cuBLAS, because nmx's kernels lose to cuBLAS there today (measured on an H200:
-               the tile kernel 0.4-1.0x, the word kernel's tensor-core path 0.1-0.4x at 16 tokens);
-               also more tokens for formats other than 2:4 bf16
+               and cuBLAS, because nmx's kernels lost to cuBLAS there when measured (H200: the first
+               tile kernel 0.4-1.0x, the word kernel's tensor-core path 0.1-0.4x at 16 tokens);
+               also more tokens for formats other than 2:4 bf16. `SMALL_M = "tc"` sends 2 .. 64
+               tokens to the tensor-core kernel instead, for the weights it reads (not yet measured:
+               the default stays dense until tc_curve.py has run on a GPU)
     sparse24   more than 64 tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever
                was measured faster at that shape (sparse_gemm.py)
     reference  CPU tensors or no triton: the reference twin, with a warning once
@@ -31,6 +33,7 @@ from nmx.kernels.reference import decode_weight, linear_reference
 
 log = logging.getLogger(__name__)
 MAX_KERNEL_M = 64
+SMALL_M = "dense"  # the 2 .. 64-token path: "dense" (cuBLAS on the decoded weight) or "tc" (triton_tc.py)
 BACKENDS = ("auto", "gemv", "tc", "triton", "sparse24", "dense", "reference")
 _DENSE: "weakref.WeakKeyDictionary[PackedLinear, torch.Tensor]" = weakref.WeakKeyDictionary()
 
@@ -67,6 +70,10 @@ def choose(x: torch.Tensor, p: PackedLinear) -> str:
     if m == 1:
         return "gemv"
     if m <= MAX_KERNEL_M:
+        if SMALL_M == "tc":
+            from nmx.kernels.triton_tc import supports
+
+            return "tc" if supports(p) else "dense"
         return "dense"
     from nmx.kernels import sparse_gemm
 

@@ -41,6 +41,7 @@ from nmx.kernels.triton_gemv import (
     ELEMENT_BITS,
     ELEMENT_IDS,
     SCALE_IDS,
+    _meta,
     _scale_raw,
     new_output,
     split_workspace,
@@ -49,12 +50,12 @@ from nmx.kernels.triton_gemv import (
     tile_offsets,
 )
 
-#: element kinds this kernel decodes (dense weights only: 2:4 and bf16 values go elsewhere)
+#: element kinds this kernel decodes, dense or 2:4 (bf16 values go to cuBLAS / cuSPARSELt)
 TC_ELEMENTS = ("int4", "e2m1", "e4m3")
 
 
 def supports(p: PackedLinear) -> bool:
-    return not p.sparse24 and p.element in TC_ELEMENTS
+    return p.element in TC_ELEMENTS
 
 
 @triton.jit
@@ -141,21 +142,85 @@ def _w_tile(vals_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_s, zero,
 
 
 @triton.jit
-def _tc_kernel(x_ptr, vals_ptr, scales_ptr, y_ptr, ws_ptr, count_ptr, tensor_scale, M, N, stride_xm, stride_ym,
-               stride_w, stride_s, zero,
+def _group_codes(v, meta, g: tl.constexpr, BITS: tl.constexpr):
+    """Group g of every 2:4 word (values v, metadata meta: uint32 [BN, KW]) as its 4 dense codes, pruned
+    positions 0 (which decodes to 0 in every format), at bits 0, 8, 16, 24 of a uint32: the two kept
+    codes shifted to 8 * p0 and 8 * p1. Integer shifts instead of selects on values."""
+    CODE: tl.constexpr = (1 << BITS) - 1
+    kept = v >> (2 * BITS * g) if g > 0 else v  # the group's codes: v0 in the low BITS, v1 above
+    nib = meta >> (4 * g) if g > 0 else meta  # p0 | p1 << 2 in the low bits
+    return ((kept & CODE) << ((nib << 3) & 24)) | (((kept >> BITS) & CODE) << ((nib << 1) & 24))
+
+
+@triton.jit
+def _group_tile(v, meta, s, g: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, SCALE: tl.constexpr,
+                BF16_DOT: tl.constexpr, zero):
+    """Group g's 4 dense weights [BN, KW, 2 (r), 2 (h)], column 2h + r: the dense codes at bits 0 / 16 are
+    columns 0 / 2 and at bits 8 / 24 columns 1 / 3, two bf16x2 pairs decoded as in the dense tile. The
+    pairs stay whole (h innermost: no 16-bit shuffles), so the group's K order is columns 0, 2, 1, 3
+    and x is read in that order too."""
+    dense = _group_codes(v, meta, g, BITS)
+    pairs = tl.join(_value(_pair(dense, 0, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT),
+                    _value(_pair(dense, 8 // BITS, BITS, ELEMENT, zero), s, ELEMENT, SCALE, BF16_DOT))
+    return tl.permute(pairs, (0, 1, 3, 2))
+
+
+@triton.jit
+def _w_tile24(vals_ptr, meta_ptr, scales_ptr, rows, n_mask, w0, stride_w, stride_meta, stride_s, zero,
+              ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
+              BLOCK_N: tl.constexpr, KW: tl.constexpr, BF16_DOT: tl.constexpr):
+    """The decoded dense tile [BLOCK_N, KW * WC] (WC = 2 * PER dense columns per word) of 2:4 words
+    w0 .. w0 + KW: each group's kept codes moved to their columns by integer shifts (`_group_codes`), then
+    decoded in pairs like a dense word; the tensor cores multiply the zeros too, which costs nothing at
+    these M."""
+    PER: tl.constexpr = 32 // BITS
+    WC: tl.constexpr = 2 * PER
+    words = w0 + tl.arange(0, KW)[None, :]
+    v = tl.load(vals_ptr + rows * stride_w + words, mask=n_mask, other=0).to(tl.uint32, bitcast=True)
+    meta = _meta(meta_ptr, rows, words, n_mask, stride_meta, BITS)  # group g of the word: bits 4g .. 4g + 3
+    if SCALE != 0 and ELEMENT != 2:
+        s = _scale_raw(scales_ptr, rows, words * WC // BLOCK, n_mask, stride_s, SCALE)
+        s = s.to(tl.bfloat16)[:, :, None] if BF16_DOT else s[:, :, None]
+    else:
+        s = 1.0
+    if PER == 8:  # 4 groups a word; joined as [.., r, h, g bit 0, g bit 1] -> [.., g, r, h]
+        w = tl.join(tl.join(_group_tile(v, meta, s, 0, BITS, ELEMENT, SCALE, BF16_DOT, zero),
+                            _group_tile(v, meta, s, 1, BITS, ELEMENT, SCALE, BF16_DOT, zero)),
+                    tl.join(_group_tile(v, meta, s, 2, BITS, ELEMENT, SCALE, BF16_DOT, zero),
+                            _group_tile(v, meta, s, 3, BITS, ELEMENT, SCALE, BF16_DOT, zero)))
+        w = tl.permute(w, (0, 1, 5, 4, 2, 3))
+    else:  # 8-bit: 2 groups a word
+        w = tl.join(_group_tile(v, meta, s, 0, BITS, ELEMENT, SCALE, BF16_DOT, zero),
+                    _group_tile(v, meta, s, 1, BITS, ELEMENT, SCALE, BF16_DOT, zero))
+        w = tl.permute(w, (0, 1, 4, 2, 3))
+    w = tl.reshape(w, (BLOCK_N, KW * WC))
+    return w.to(tl.bfloat16) if BF16_DOT else w
+
+
+@triton.jit
+def _tc_kernel(x_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, ws_ptr, count_ptr, tensor_scale, M, N, stride_xm,
+               stride_ym, stride_w, stride_meta, stride_s, zero,
                ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
+               SPARSE: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                TILES_PER_SPLIT: tl.constexpr, BF16_DOT: tl.constexpr):
     pid_k, offs_m, offs_n, m_mask, n_mask = tile_offsets(M, N, BLOCK_M, BLOCK_N)
     rows = offs_n[:, None]
-    PER: tl.constexpr = 32 // BITS
-    KW: tl.constexpr = BLOCK_K // PER  # words per row per tile
+    WC: tl.constexpr = 64 // BITS if SPARSE else 32 // BITS  # dense columns per word
+    KW: tl.constexpr = BLOCK_K // WC  # words per row per tile
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(0, TILES_PER_SPLIT):
         k0 = (pid_k * TILES_PER_SPLIT + t) * BLOCK_K
-        w = _w_tile(vals_ptr, scales_ptr, rows, n_mask[:, None], k0 // PER, stride_w, stride_s, zero,
-                    ELEMENT, SCALE, BLOCK, BITS, BLOCK_N, KW, BF16_DOT)
-        cols = k0 + tl.arange(0, BLOCK_K)
+        if SPARSE:
+            w = _w_tile24(vals_ptr, meta_ptr, scales_ptr, rows, n_mask[:, None], k0 // WC, stride_w, stride_meta,
+                          stride_s, zero, ELEMENT, SCALE, BLOCK, BITS, BLOCK_N, KW, BF16_DOT)
+        else:
+            w = _w_tile(vals_ptr, scales_ptr, rows, n_mask[:, None], k0 // WC, stride_w, stride_s, zero,
+                        ELEMENT, SCALE, BLOCK, BITS, BLOCK_N, KW, BF16_DOT)
+        kk = tl.arange(0, BLOCK_K)
+        if SPARSE:  # a 2:4 tile's K order: columns 0, 2, 1, 3 of every group of 4 (_group_tile)
+            kk = (kk & ~3) | ((kk & 1) << 1) | ((kk >> 1) & 1)
+        cols = k0 + kk
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + cols[None, :], mask=m_mask[:, None], other=0.0)
         if BF16_DOT:
             part = tl.dot(w, tl.trans(x))
@@ -196,27 +261,28 @@ def tc_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = 
               poison: bool = False) -> torch.Tensor:
     """y [M, N] (bf16) = x [M, K] (bf16, contiguous rows) W^T for a dense 4/8-bit packed W on the GPU."""
     if not supports(p):
-        raise InputError(f"the tensor-core kernel reads dense int4 / e2m1 / e4m3 weights, not "
-                         f"{p.format or 'bf16'}{' 2:4' if p.sparse24 else ''}")
+        raise InputError(f"the tensor-core kernel reads int4 / e2m1 / e4m3 weights (dense or 2:4), not "
+                         f"{p.format or 'bf16 values'}{' 2:4' if p.sparse24 else ''}")
     if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(-1) != 1 or x.shape[1] != p.k:
         raise InputError(f"tc_linear takes x [M, {p.k}] bf16 with contiguous rows, got {x.dtype} {tuple(x.shape)}")
     m, k = x.shape
     cfg = dict(config or default_config(m, p))
     block_k, split = cfg.pop("BLOCK_K"), cfg.pop("SPLIT_K")
-    per = 32 // ELEMENT_BITS[p.element]
+    wc = (64 if p.sparse24 else 32) // ELEMENT_BITS[p.element]  # dense columns per word
     tiles = k // block_k
-    if k % block_k or tiles % split or block_k % (2 * per) or block_k < 16 or cfg["BLOCK_M"] < 16 or (
+    if k % block_k or tiles % split or block_k % (2 * wc) or block_k < 16 or cfg["BLOCK_M"] < 16 or (
             p.element == "int4" and p.block % block_k):
         raise InputError(f"config {config}: BLOCK_K must divide K = {k} (and the int4 group), hold whole "
                          f"words, and split into SPLIT_K equal parts; BLOCK_M >= 16")
     y = new_output(m, p.n, x.device, 1, poison)
     vals = p.values.view(torch.int32)
+    meta = vals if p.meta is None else p.meta.view(torch.int16) if ELEMENT_BITS[p.element] == 4 else p.meta
     scales = p.scales if p.scales is not None else vals
     grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
     ws, count = split_workspace(x.device, m * p.n, grid[0] * grid[2]) if split > 1 else (y, vals)
-    _tc_kernel[grid](x, vals, scales, y, ws, count, float(p.tensor_scale), m, p.n, x.stride(0), y.stride(0),
-                     vals.stride(0),
-                     scales.stride(0), 0, ELEMENT=ELEMENT_IDS[p.element], SCALE=SCALE_IDS[p.scale_kind],
-                     BLOCK=p.block or 1, BITS=ELEMENT_BITS[p.element], BLOCK_K=block_k, SPLIT_K=split,
+    _tc_kernel[grid](x, vals, meta, scales, y, ws, count, float(p.tensor_scale), m, p.n, x.stride(0), y.stride(0),
+                     vals.stride(0), meta.stride(0), scales.stride(0), 0, ELEMENT=ELEMENT_IDS[p.element],
+                     SCALE=SCALE_IDS[p.scale_kind], BLOCK=p.block or 1, BITS=ELEMENT_BITS[p.element],
+                     SPARSE=p.sparse24, BLOCK_K=block_k, SPLIT_K=split,
                      TILES_PER_SPLIT=tiles // split, BF16_DOT=os.environ.get("TRITON_INTERPRET") != "1", **cfg)
     return y
