@@ -65,12 +65,13 @@ def compile_tc(fmt: str, block_m: int, block_n: int, block_k: int, warps: int, s
            "count_ptr": "*i32", "tensor_scale": "fp32", "M": "i32", "N": "i32", "stride_xm": "i32",
            "stride_ym": "i32", "stride_w": "i32", "stride_meta": "i32", "stride_s": "i32", "zero": "i32"}
     const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block,
-                 BITS=bits, SPARSE=sparse, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1, TILES_PER_SPLIT=8, BF16_DOT=True)
+                 BITS=bits, SPARSE=sparse, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1,
+                 TILES_PER_SPLIT=8, BF16_DOT=True)
     sig.update({k: "constexpr" for k in const})
     names = list(tc._tc_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]]
-             for a in ("x_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "stride_xm", "stride_ym", "stride_w",
-                       "stride_meta", "stride_s")}
+             for a in ("x_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "stride_xm", "stride_ym",
+                       "stride_w", "stride_meta", "stride_s")}
     src = ASTSource(fn=tc._tc_kernel, signature=sig, constexprs=const, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
