@@ -2,6 +2,7 @@
 # Issue 6 on the GPU machine in one call: every GPU test, then each kernel benchmark, each one bounded
 # in time so that one slow part cannot take the others with it. Results go to $OUT (default ./out).
 #     bash benchmarks/issue6_gpu.sh [PART ...]     (PyTorch with CUDA, triton, pytest installed)
+# A device call runs 10 minutes at most: "tc-tests tests" fit one call, "tc e2e e2e-tc" another.
 # PARTs (default: all, in this order): tests e2e kv kernels tc fakequant; also "tc-tests" (only the
 # tensor-core kernel's GPU tests) and "e2e-tc" (end to end, 2..64 tokens on that kernel).
 set -u
@@ -14,10 +15,10 @@ step() { echo "== $1 [$(date +%T)]"; }
 for part in $PARTS; do
   case $part in
     tests) step "GPU tests"
-      timeout 240 python3 -m pytest tests/kernels tests/formats/test_gpu.py tests/kv/test_gpu.py -q -m gpu \
+      timeout 360 python3 -m pytest tests/kernels tests/formats/test_gpu.py tests/kv/test_gpu.py -q -m gpu \
           -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt" ;;
     tc-tests) step "GPU tests of the tensor-core kernel"
-      timeout 120 python3 -m pytest tests/kernels/test_packed_linear.py -q -m gpu -k tensor_core -p no:cacheprovider \
+      timeout 240 python3 -m pytest tests/kernels/test_packed_linear.py -q -m gpu -k tensor_core -p no:cacheprovider \
           2>&1 | tail -4 | tee "$OUT/gpu_tests_tc.txt" ;;
     e2e) step "end-to-end decode"
       timeout 130 python3 benchmarks/decode_e2e.py --context 2048 --out "$OUT" 2>&1 | tail -6 ;;
