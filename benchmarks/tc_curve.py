@@ -37,18 +37,14 @@ VARIANTS = [(32, 128, 4, 4), (128, 128, 8, 3), (64, 256, 4, 3), (64, 64, 4, 6), 
 
 
 def configs(m: int, p: PackedLinear) -> list[dict]:
-    from nmx.kernels.triton_tc import default_config
+    from nmx.kernels.triton_tc import default_config, split_k
 
     base = default_config(m, p)
     out = [base]
     for bn, bk, warps, stages in VARIANTS:
         if p.element == "int4" and p.block % bk or p.k % bk:
             continue
-        tiles = p.k // bk
-        programs = math.ceil(p.n / bn) * math.ceil(m / base["BLOCK_M"])
-        split = 1
-        while programs * split < 264 and tiles % (split * 2) == 0 and tiles // (split * 2) >= 4:
-            split *= 2
+        split = split_k(math.ceil(p.n / bn) * math.ceil(m / base["BLOCK_M"]), p.k // bk)
         out.append({**base, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "num_warps": warps, "num_stages": stages})
     return out
 

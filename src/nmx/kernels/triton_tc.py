@@ -248,13 +248,17 @@ def default_config(m: int, p: PackedLinear) -> dict[str, int]:
     while p.k % block_k:
         block_k //= 2
     block_n = 64
-    tiles = p.k // block_k
-    programs = triton.cdiv(p.n, block_n) * triton.cdiv(m, 16)
+    split = split_k(triton.cdiv(p.n, block_n) * triton.cdiv(m, 16), p.k // block_k)
+    return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": block_n, "BLOCK_K": block_k,
+            "SPLIT_K": split, "num_warps": 4, "num_stages": 4}
+
+
+def split_k(programs: int, tiles: int) -> int:
+    """K splits (a power of two dividing the K tiles, >= 4 tiles each) until ~2 programs per SM (264)."""
     split = 1
     while programs * split < 264 and tiles % (split * 2) == 0 and tiles // (split * 2) >= 4:
         split *= 2
-    return {"BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "BLOCK_N": block_n, "BLOCK_K": block_k,
-            "SPLIT_K": split, "num_warps": 4, "num_stages": 4}
+    return split
 
 
 def tc_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None = None,
