@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -14,6 +15,24 @@ from rich.console import Console
 
 import nmx
 from nmx.errors import NmxError
+
+def _plain_argument_usage() -> None:
+    """Typer 0.29 prints arguments as `{RECIPE}`, `{FORMAT...}...` and `RECIPE <path>`; nmx's help
+    reads like other Unix tools: `RECIPE`, `FORMAT...`, `[RESULT_DIR]...`."""
+    from typer.core import TyperArgument
+
+    def usage(self) -> str:
+        name = self.display_name_raw
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    TyperArgument._usage_display_name = usage
+    TyperArgument.display_type_rich = lambda self, ctx: None
+    TyperArgument._rich_display_name = lambda self: self.display_name_raw
+
+
+_plain_argument_usage()
 
 app = typer.Typer(
     add_completion=False,
@@ -81,7 +100,8 @@ def _tensor(tensor: Optional[str]):
 @app.command("quant-error")
 def quant_error(
     format_names: List[str] = typer.Argument(..., metavar="FORMAT...", help="Format names (see `nmx formats`)."),
-    tensor: Optional[str] = typer.Option(None, "--tensor", help="FILE.safetensors:NAME (default: synthetic)."),
+    tensor: Optional[str] = typer.Option(None, "--tensor", metavar="FILE.safetensors:NAME",
+                                         help="A tensor from a safetensors file (default: synthetic)."),
     dim: int = typer.Option(-1, "--dim", help="Dimension the blocks run along (the reduction dim)."),
     seed: int = typer.Option(0, "--seed", help="Seed for stochastic rounding."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -101,17 +121,24 @@ def quant_error(
         console.print(quant_error_table(rows, f"quantization error on {label}, shape {tuple(x.shape)}"))
 
 
+OVERWRITE_HELP = "Replace an --out folder that already holds an nmx result (whole; never mixed)."
+
+
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("nmx-demo"), "--out", help="Folder for the study's table, plot and results."),
-    windows: int = typer.Option(4, "--windows", help="WikiText-2 windows of 2048 tokens to score per configuration."),
-    calib_samples: int = typer.Option(32, "--calib-samples", help="Calibration windows (of 512 tokens) for Wanda."),
+    out: Path = typer.Option(Path("nmx-demo"), "--out", metavar="DIR",
+                             help="Folder for the study's table, plot and results (new, empty, or --overwrite)."),
+    windows: int = typer.Option(4, "--windows", min=1, help="WikiText-2 windows of 2048 tokens to score per "
+                                "configuration."),
+    calib_samples: int = typer.Option(32, "--calib-samples", min=1,
+                                      help="Calibration windows (of 512 tokens) for Wanda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """The co-design study on SmolLM2-135M: N:M sparsity and MXFP4 against perplexity and bits."""
     from nmx.demo import study
 
     with _Progress() as progress:
-        rows = study(out, windows=windows, calib_samples=calib_samples, progress=progress)
+        rows = study(out, windows=windows, calib_samples=calib_samples, progress=progress, overwrite=overwrite)
     from rich.table import Table
 
     t = Table(title=f"co-design study: smollm2-135m, WikiText-2, {windows} windows of 2048 tokens")
@@ -152,11 +179,11 @@ class _Progress:
         self._bar.update(self._tasks[what], completed=done, total=total)
 
 
-def _run_and_print(recipe, out, save_model: bool, as_json: bool) -> None:
+def _run_and_print(recipe, out, save_model: bool, as_json: bool, overwrite: bool) -> None:
     from nmx.runner import run
 
     with _Progress() as progress:
-        result = run(recipe, out, save_model=save_model, progress=progress)
+        result = run(recipe, out, save_model=save_model, progress=progress, overwrite=overwrite)
     if as_json:
         _print_json({k: v for k, v in result.items() if k != "layers"})
         return
@@ -166,53 +193,70 @@ def _run_and_print(recipe, out, save_model: bool, as_json: bool) -> None:
                f"{result['wall_s']:.0f} s{out_note}")
 
 
+OUT_HELP = "Output folder for result.json, report.md and recipe.yaml (new, empty, or --overwrite)."
+SAVE_HELP = "Also write the modified weights and masks to model.safetensors in --out."
+JSON_HELP = "Print the result as JSON."
+MODEL_HELP = "Built-in name (smollm2-135m), a Hugging Face model folder, a .gguf file, or a Hub id."
+TEXT_HELP = "Evaluation text: wikitext-2, tinyshakespeare, or a UTF-8 text file."
+SEQ_HELP = "Tokens per evaluation window (the model's context for the published protocol)."
+WINDOWS_HELP = "Score only the first K windows (default: all)."
+
+
 @app.command("run")
 def run_cmd(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for result.json, report.md, recipe.yaml."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a field: key.path=value (repeatable)."),
-    save_model: bool = typer.Option(False, "--save-model", help="Also write the modified weights (safetensors)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help=OUT_HELP),
+    overrides: List[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE",
+                                        help="Override a recipe field, e.g. sparsity.pattern=4:8 (repeatable)."),
+    save_model: bool = typer.Option(False, "--save-model", help=SAVE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run a recipe: prune / quantize a model and measure its perplexity."""
     from nmx.recipe import load_recipe
 
-    _run_and_print(load_recipe(recipe_path, overrides), out, save_model, as_json)
+    _run_and_print(load_recipe(recipe_path, overrides), out, save_model, as_json, overwrite)
 
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", help="Built-in name, HF folder, .gguf file or Hub id."),
-    text: str = typer.Option("wikitext-2", "--text", help="Text name or file."),
-    seq_len: int = typer.Option(2048, "--seq-len"),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score only the first K windows."),
-    out: Optional[Path] = typer.Option(None, "--out"),
-    as_json: bool = typer.Option(False, "--json"),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
+    text: str = typer.Option("wikitext-2", "--text", help=TEXT_HELP),
+    seq_len: int = typer.Option(2048, "--seq-len", min=2, help=SEQ_HELP),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, metavar="K", help=WINDOWS_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help=OUT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Perplexity of a model as it is (the dense baseline)."""
     from nmx.recipe import load_recipe
 
     base = {"model": model, "evaluation": {"text": text, "seq_len": seq_len, "max_windows": max_windows}}
-    _run_and_print(load_recipe(base=base), out, False, as_json)
+    _run_and_print(load_recipe(base=base), out, False, as_json, overwrite)
 
 
 @app.command("prune")
 def prune_cmd(
-    model: str = typer.Option("smollm2-135m", "--model"),
-    method: str = typer.Option("wanda", "--method", help="magnitude, wanda or sparsegpt."),
-    pattern: str = typer.Option("2:4", "--pattern", help="N:M (e.g. 2:4) or unstructured (e.g. 50%)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Weight format (see `nmx formats`)."),
-    activations: Optional[str] = typer.Option(None, "--activations", help="Activation format."),
-    calib_text: str = typer.Option("tinyshakespeare", "--calib-text"),
-    calib_samples: int = typer.Option(128, "--calib-samples"),
-    calib_seq_len: int = typer.Option(2048, "--calib-seq-len"),
-    seed: int = typer.Option(0, "--seed"),
-    text: str = typer.Option("wikitext-2", "--text"),
-    seq_len: int = typer.Option(2048, "--seq-len"),
-    max_windows: Optional[int] = typer.Option(None, "--max-windows"),
-    out: Optional[Path] = typer.Option(None, "--out"),
-    save_model: bool = typer.Option(False, "--save-model"),
-    as_json: bool = typer.Option(False, "--json"),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
+    method: str = typer.Option("wanda", "--method", help="Pruning method: magnitude, wanda or sparsegpt."),
+    pattern: str = typer.Option("2:4", "--pattern", help="N:M (e.g. 2:4), or unstructured: 50% per row, "
+                                "0.5:layer per layer."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                          help="Weight format after pruning (see `nmx formats`)."),
+    activations: Optional[str] = typer.Option(None, "--activations", metavar="FORMAT",
+                                              help="Format of the linear layers' inputs (quantized on the fly)."),
+    calib_text: str = typer.Option("tinyshakespeare", "--calib-text",
+                                   help="Calibration text (Wanda, SparseGPT): a built-in name or a text file."),
+    calib_samples: int = typer.Option(128, "--calib-samples", min=1, help="Calibration windows."),
+    calib_seq_len: int = typer.Option(2048, "--calib-seq-len", min=2, help="Tokens per calibration window."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration windows' positions."),
+    text: str = typer.Option("wikitext-2", "--text", help=TEXT_HELP),
+    seq_len: int = typer.Option(2048, "--seq-len", min=2, help=SEQ_HELP),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", min=1, metavar="K", help=WINDOWS_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help=OUT_HELP),
+    save_model: bool = typer.Option(False, "--save-model", help=SAVE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Prune (and optionally quantize) a model, then measure its perplexity."""
     from nmx.recipe import load_recipe
@@ -224,7 +268,7 @@ def prune_cmd(
         "quantization": {"weights": weights, "activations": activations} if (weights or activations) else None,
         "evaluation": {"text": text, "seq_len": seq_len, "max_windows": max_windows},
     }
-    _run_and_print(load_recipe(base=base), out, save_model, as_json)
+    _run_and_print(load_recipe(base=base), out, save_model, as_json, overwrite)
 
 
 sparsity_app = typer.Typer(help="N:M and unstructured sparsity: storage formats.", no_args_is_help=True)
@@ -233,12 +277,14 @@ app.add_typer(sparsity_app, name="sparsity")
 
 @sparsity_app.command("formats")
 def sparsity_formats(
-    density: List[float] = typer.Option([], "--density", help="Fractions of NONZEROS (0.01 = 99% sparse)."),
-    sparsity: List[float] = typer.Option([], "--sparsity", help="Fractions of zeros, instead of --density."),
-    value_bits: List[int] = typer.Option([16, 4], "--value-bits", help="Bits per stored value."),
-    rows: int = typer.Option(4096, "--rows"),
-    cols: int = typer.Option(4096, "--cols"),
-    as_json: bool = typer.Option(False, "--json"),
+    density: List[float] = typer.Option([], "--density", metavar="D...",
+                                        help="Fractions of NONZEROS, in (0, 1] (0.01 = 99% sparse)."),
+    sparsity: List[float] = typer.Option([], "--sparsity", metavar="S...",
+                                         help="Fractions of zeros, in [0, 1), instead of --density."),
+    value_bits: List[int] = typer.Option([16, 4], "--value-bits", metavar="BITS...", help="Bits per stored value."),
+    rows: int = typer.Option(4096, "--rows", min=1, help="Rows of the matrix."),
+    cols: int = typer.Option(4096, "--cols", min=1, help="Columns of the matrix."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Size of every compressed storage format at each density: which one wins."""
     from nmx.errors import InputError
@@ -247,6 +293,15 @@ def sparsity_formats(
 
     if density and sparsity:
         raise InputError("give --density (fraction of nonzeros) or --sparsity (fraction of zeros), not both")
+    for s in sparsity:
+        if not 0 <= s < 1:
+            raise InputError(f"--sparsity is the fraction of zeros, in [0, 1); got {s}")
+    for d in density:
+        if not 0 < d <= 1:
+            raise InputError(f"--density is the fraction of nonzeros, in (0, 1]; got {d}")
+    for b in value_bits:
+        if not 1 <= b <= 64:
+            raise InputError(f"--value-bits must be between 1 and 64; got {b}")
     densities = density or ([1.0 - s for s in sparsity] if sparsity else [0.5, 0.1, 0.01])
     rows_ = storage_table(densities, value_bits, shape=(rows, cols))
     if as_json:
@@ -291,14 +346,36 @@ def _expand_multi_value(argv: list[str]) -> list[str]:
     return out
 
 
+class _WarningLines(logging.Handler):
+    """nmx's log records as one line each on the current stderr ("warning: ...")."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}\n")
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("nmx")
+    if not any(isinstance(h, _WarningLines) for h in log.handlers):
+        log.addHandler(_WarningLines())
+        log.propagate = False
+    log.setLevel(logging.INFO if _state["debug"] else logging.WARNING)
+
+
 def main() -> None:
+    from nmx.io import Interrupted, sigterm_raises
+
+    _setup_logging()
     try:
-        app(args=_expand_multi_value(sys.argv[1:]), prog_name="nmx")
+        with sigterm_raises():
+            app(args=_expand_multi_value(sys.argv[1:]), prog_name="nmx")
     except NmxError as err:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, Interrupted) as sig:
+        typer.echo(f"interrupted ({sig or 'SIGINT'}); nothing was written", err=True)
+        sys.exit(130 if isinstance(sig, KeyboardInterrupt) else 143)
 
 
 if __name__ == "__main__":

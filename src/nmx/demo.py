@@ -11,10 +11,10 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
-from nmx.io import write_json_atomic, write_text_atomic
+from nmx.io import OutputDir, OutputFile, write_json_atomic, write_text_atomic
 from nmx.model.sources import DEFAULT_MODEL, load_model
 from nmx.recipe import load_recipe
-from nmx.runner import run
+from nmx.runner import check_texts, run
 
 STUDY = [
     ("dense", {}),
@@ -35,24 +35,30 @@ def study(
     calib_samples: int = 32,
     calib_seq_len: int = 512,
     progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
+    """Run the study; `out` receives study.md, summary.json, the plot and one result folder per
+    configuration, all at once when every configuration has run (see nmx.io.OutputDir)."""
     base = {
         "model": model,
         "calibration": {"text": calib_text, "samples": calib_samples, "seq_len": calib_seq_len, "seed": 0},
         "evaluation": {"text": eval_text, "seq_len": seq_len, "max_windows": windows},
     }
     recipes = [(label, load_recipe(base={**base, **extra})) for label, extra in STUDY]  # all valid before work
-    loaded = load_model(model, recipes[0][1].device)
-    pristine = copy.deepcopy(loaded.model)
-    rows = []
-    for i, (label, recipe) in enumerate(recipes):
-        loaded.model = copy.deepcopy(pristine)
-        r = run(recipe, loaded=loaded, progress=progress)
-        rows.append({"config": label, "perplexity": r["perplexity"], "bits_per_weight": r["bits_per_weight"],
-                     "weight_sparsity": r["weight_sparsity"], "wall_s": r["wall_s"], "result": r})
-        if progress:
-            progress("configurations", i + 1, len(recipes))
-    write_study(Path(out), rows)
+    with OutputDir(out, overwrite) as tmp:
+        for _, recipe in recipes:
+            check_texts(recipe)
+        loaded = load_model(model, recipes[0][1].device)
+        pristine = copy.deepcopy(loaded.model)
+        rows = []
+        for i, (label, recipe) in enumerate(recipes):
+            loaded.model = copy.deepcopy(pristine)
+            r = run(recipe, loaded=loaded, progress=progress)
+            rows.append({"config": label, "perplexity": r["perplexity"], "bits_per_weight": r["bits_per_weight"],
+                         "weight_sparsity": r["weight_sparsity"], "wall_s": r["wall_s"], "result": r})
+            if progress:
+                progress("configurations", i + 1, len(recipes))
+        write_study(tmp, rows)
     return rows
 
 
@@ -105,7 +111,6 @@ def plot(path: Path, summary: list[dict[str, Any]]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title("accuracy vs storage")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with OutputFile(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)

@@ -54,9 +54,9 @@ def read_text(path: Path | str, what: str = "file") -> str:
         raise InputError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
-def parse_yaml(text: str, where: str, loader: Any = None, compose: bool = False) -> Any:
+def parse_yaml(text: str, where: str, loader: Any = None, compose: bool = False, lines: bool = True) -> Any:
     """YAML text -> Python objects (or the node tree with `compose`); any malformed input,
-    however deep, is an InputError located at `where`."""
+    however deep, is an InputError located at `where` (and its line, with `lines`)."""
     import yaml
 
     loader = loader or yaml.SafeLoader
@@ -64,7 +64,7 @@ def parse_yaml(text: str, where: str, loader: Any = None, compose: bool = False)
         return yaml.compose(text, Loader=loader) if compose else yaml.load(text, Loader=loader)  # noqa: S506
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
+        at = f" line {mark.line + 1}" if mark and lines else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise InputError(f"{where}{at}: not valid YAML ({problem})") from None
     except RecursionError:

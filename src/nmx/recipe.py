@@ -13,7 +13,9 @@ its line. `--set key.path=value` overrides are applied before validation.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -22,9 +24,12 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nmx.errors import InputError, NmxError
+from nmx.io import parse_yaml, read_text
 from nmx.model.layers import DEFAULT_TARGETS
 from nmx.model.sources import DEFAULT_MODEL
 from nmx.validation import Strict, as_value_error
+
+log = logging.getLogger(__name__)
 
 
 class Calibration(Strict):
@@ -220,8 +225,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def _yaml(text: str, where: str, compose: bool = False, lines: bool = True) -> Any:
+    return parse_yaml(text, where, _Loader, compose, lines)
 
 
 def _line_of(node: Any, loc: tuple) -> int | None:
@@ -239,12 +244,17 @@ def _line_of(node: Any, loc: tuple) -> int | None:
     return line
 
 
-def _describe(err: ValidationError, tree: Any, where: str) -> str:
+def _describe(err: ValidationError, tree: Any, where: str, overrides: dict[tuple, str]) -> str:
     e = err.errors()[0]
     loc = tuple(x for x in e["loc"] if isinstance(x, str))
     field = ".".join(str(x) for x in e["loc"]) or "recipe"
-    line = _line_of(tree, loc) if tree is not None else None
-    place = f"{where} line {line}" if line else where
+    # blame the --set that wrote this field (or a section above it), else the file's line
+    blamed = next((a for keys, a in overrides.items() if loc[: len(keys)] == keys), None)
+    if blamed is not None:
+        place = f"--set {blamed}"
+    else:
+        line = _line_of(tree, loc) if tree is not None else None
+        place = f"{where} line {line}" if line else where
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         model: Any = Recipe
@@ -254,50 +264,53 @@ def _describe(err: ValidationError, tree: Any, where: str) -> str:
         known = list(getattr(model, "model_fields", {}))
         close = difflib.get_close_matches(loc[-1], known, n=1)
         msg = f"unknown key{f'; did you mean {close[0]!r}' if close else ''} (known: {', '.join(known)})"
+    elif e["type"].endswith("_type") and "input" in e:
+        msg = f"{msg}, got {e['input']!r}"[:200]
     return f"{place}: {field}: {msg}"
 
 
-def _apply_override(raw: dict, assignment: str) -> None:
+def _apply_override(raw: dict, assignment: str) -> tuple[str, ...]:
+    """Apply `key.path=value` to `raw`; returns the key path."""
     key, sep, value = assignment.partition("=")
-    if not sep or not key.strip():
-        raise InputError(f"--set wants key.path=value, got {assignment!r}")
-    parts = key.strip().split(".")
+    parts = tuple(p.strip() for p in key.strip().split("."))
+    if not sep or not all(parts):
+        raise InputError(f"--set wants key.path=value (e.g. sparsity.pattern=4:8), got {assignment!r}")
     node = raw
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         if node.get(p) is None:
             node[p] = {}
         if not isinstance(node[p], dict):
-            raise InputError(f"--set {key}: {p!r} is not a section")
+            raise InputError(f"--set {assignment}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = node[p]
-    node[parts[-1]] = _yaml(value)
+    node[parts[-1]] = _yaml(value, f"--set {assignment}", lines=False)
+    return parts
 
 
 def load_recipe(
     path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
 ) -> Recipe:
-    """Parse and validate a recipe file (or `base`, a dict) with `--set` overrides."""
-    tree, raw, where = None, dict(base or {}), "recipe"
+    """Parse and validate a recipe file (or `base`, a dict) with `--set` overrides. An error
+    names the file and line, or the `--set` argument, it comes from."""
+    tree, raw, where = None, copy.deepcopy(base or {}), "recipe"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"recipe file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            tree = yaml.compose(text, Loader=_Loader)
-            raw = _yaml(text) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" line {mark.line + 1}" if mark else ""
-            raise InputError(f"{path}{at}: not valid YAML ({getattr(err, 'problem', err)})") from err
-        if not isinstance(raw, dict):
-            raise InputError(f"{path}: a recipe is a mapping of sections (model, sparsity, ...)")
+        text = read_text(path, "recipe file")
         where = str(path)
-    for assignment in overrides:
-        _apply_override(raw, assignment)
+        tree = _yaml(text, where, compose=True)
+        raw = _yaml(text, where)
+        if raw is None:
+            raw = {}
+            log.warning("%s is empty: running the defaults (model %s, the whole %s evaluation)", path,
+                        DEFAULT_MODEL, Evaluation().text)
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: a recipe is a mapping of sections (model, sparsity, ...), "
+                             f"not a {type(raw).__name__}")
+    blame = {_apply_override(raw, a): a for a in overrides}
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise InputError(_describe(err, tree, where)) from None
+        raise InputError(_describe(err, tree, where, blame)) from None
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to be a recipe") from None
     _check_kv_context(recipe, tree, where)
     return recipe
 

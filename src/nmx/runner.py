@@ -6,8 +6,10 @@ description that the model code can import without a cycle.)
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,10 +19,14 @@ import yaml
 import nmx
 from nmx.eval.perplexity import perplexity
 from nmx.eval.text import load_text
-from nmx.io import write_json_atomic, write_text_atomic
+from nmx.errors import InputError
+from nmx.io import OutputDir, write_json_atomic, write_text_atomic
 from nmx.model.compress import compress
 from nmx.model.sources import load_model
 from nmx.recipe import Recipe
+from nmx.sparsity.methods import get_method
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
@@ -38,17 +44,44 @@ def run(
     save_model: bool = False,
     progress: Progress | None = None,
     loaded: Any | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run the recipe; write DIR/result.json, DIR/report.md, DIR/recipe.yaml (and the model).
-    `loaded`: an already loaded model to modify (its weights change in place)."""
+    `loaded`: an already loaded model to modify (its weights change in place).
+
+    Cheap checks come first (the output folder, the texts), then the model loads. Outputs are
+    written into a private folder beside `out` and moved into place only when the run
+    succeeded; a folder that already holds a result needs `overwrite` (and is replaced whole)."""
+    if save_model and out is None:
+        raise InputError("--save-model writes model.safetensors into the output folder: give --out DIR")
+    output = OutputDir(out, overwrite) if out is not None else None
+    with output if output is not None else nullcontext() as tmp:
+        texts = check_texts(recipe)
+        record = _run(recipe, texts, progress, loaded, keep_model=save_model)
+        if tmp is not None:
+            write_outputs(tmp, record["result"], record["loaded"] if save_model else None, record["masks"])
+    return record["result"]
+
+
+def check_texts(recipe: Recipe) -> dict[str, Any]:
+    """Load the evaluation text and, when the recipe calibrates, the calibration text: a bad
+    text fails here, before a model is loaded."""
+    texts = {"evaluation": load_text(recipe.evaluation.text)}
+    if recipe.sparsity is not None and get_method(recipe.sparsity.method).needs != "nothing":
+        texts["calibration"] = load_text(recipe.calibration.text)
+    return texts
+
+
+def _run(recipe: Recipe, texts: dict[str, Any], progress: Progress | None, loaded: Any | None,
+         keep_model: bool) -> dict:
     t0 = time.perf_counter()
     loaded = loaded if loaded is not None else load_model(recipe.model, recipe.device)
-    ev = recipe.evaluation
-    text = load_text(ev.text)  # fail on a missing text before the long part
+    warn_context(loaded, recipe)
     check_kv_cache(loaded, recipe)
     record = compress(loaded, recipe, progress)
     t1 = time.perf_counter()
-    result = evaluate(loaded, recipe, text, (lambda i, n: progress("evaluating", i, n)) if progress else None)
+    result = evaluate(loaded, recipe, texts["evaluation"],
+                      (lambda i, n: progress("evaluating", i, n)) if progress else None)
     layers = record.pop("layers")
     masks = record.pop("masks")
     out_record: dict[str, Any] = {
@@ -67,9 +100,18 @@ def run(
         "versions": versions(),
         "layers": layers,
     }
-    if out is not None:
-        write_outputs(Path(out), out_record, loaded if save_model else None, masks)
-    return out_record
+    return {"result": out_record, "loaded": loaded, "masks": masks}
+
+
+def warn_context(loaded: Any, recipe: Recipe) -> None:
+    """One warning line for a legal but surely unintended context: windows longer than the
+    model was trained for (its position embeddings or RoPE range)."""
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    for what, seq_len in (("evaluation.seq_len", recipe.evaluation.seq_len),
+                          ("calibration.seq_len", recipe.calibration.seq_len if recipe.sparsity else None)):
+        if limit and seq_len and seq_len > limit:
+            log.warning("%s = %d is longer than the model's context (%d tokens): perplexity past it measures "
+                        "extrapolation, not the model", what, seq_len, limit)
 
 
 def evaluate(loaded: Any, recipe: Recipe, text: Any, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -125,6 +167,7 @@ def model_shape(loaded: Any) -> dict[str, Any] | None:
 
 
 def write_outputs(out: Path, result: dict, loaded: Any | None = None, masks: dict | None = None) -> None:
+    """Write a run's files into `out` (a run's private temporary folder, see `run`)."""
     out.mkdir(parents=True, exist_ok=True)
     if loaded is not None:
         save_weights(out / "model.safetensors", loaded, result, masks or {})
@@ -150,9 +193,7 @@ def save_weights(path: Path, loaded: Any, result: dict, masks: dict[str, torch.T
     meta = {"nmx_recipe": json.dumps(result["recipe"]), "nmx_layers": json.dumps(result["layers"]),
             "nmx_masks": json.dumps({name: list(m.shape) for name, m in masks.items()}),
             "nmx_version": nmx.__version__}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_file(tensors, str(path), metadata=meta)  # `path` is inside the run's private folder
 
 
 def _kv_text(kv: dict | None) -> str:

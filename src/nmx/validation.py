@@ -16,6 +16,7 @@ def as_value_error(check, value):
 
 
 class Strict(BaseModel):
-    """A frozen section that refuses unknown keys (a typo is an error, not a silent default)."""
+    """A frozen section that refuses unknown keys (a typo is an error, not a silent default) and
+    does not coerce types (`max_windows: true` is an error, not 1; `seq_len: "2048"` too)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
