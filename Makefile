@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: demo test install install-test torch
 
 demo: install
-	$(PYTHON) -m nmx demo
+	$(PYTHON) -m nmx demo --overwrite
 
 test: install-test
 	$(PYTHON) -m pytest -q

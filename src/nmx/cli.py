@@ -356,8 +356,7 @@ class _WarningLines(logging.Handler):
 def _setup_logging() -> None:
     log = logging.getLogger("nmx")
     if not any(isinstance(h, _WarningLines) for h in log.handlers):
-        log.addHandler(_WarningLines())
-        log.propagate = False
+        log.addHandler(_WarningLines())  # propagation stays on: the root logger prints nothing by default
     log.setLevel(logging.INFO if _state["debug"] else logging.WARNING)
 
 

@@ -223,3 +223,14 @@ def test_empty_recipe_warns_that_it_runs_the_defaults(tmp_path, capsys, monkeypa
     assert recipe.evaluation.max_windows is None
     err = capsys.readouterr().err
     assert "is empty: running the defaults" in err
+
+
+def test_example_recipes_are_valid():
+    from pathlib import Path
+
+    from nmx.recipe import load_recipe
+
+    recipes = sorted((Path(__file__).parents[2] / "examples" / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 2
+    for path in recipes:
+        assert load_recipe(path).model == "smollm2-135m"

@@ -77,6 +77,8 @@ cycles = max(flops / cols, DRAM bytes / bandwidth); energy = flops x fp16 add + 
 
 from __future__ import annotations
 
+import math
+
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -205,9 +207,13 @@ def gemm_problem(m: int, n: int, k: int, *, weights: str | None = None, activati
     `weight_bytes` overrides the automatic (smallest) weight storage (e.g. a real mask's size)."""
     from nmx.sparsity.patterns import NMPattern, parse_pattern
 
+    from nmx.hw.workload import MAX_SIZE
+
     for label, v in (("m", m), ("n", n), ("k", k)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise InputError(f"gemm {name}: {label} must be a positive integer, got {v!r}")
+        if v > MAX_SIZE:
+            raise InputError(f"gemm {name}: {label} = {v} is beyond what nmx models (at most {MAX_SIZE:,})")
     if not 0 < act_density <= 1:
         raise InputError(f"gemm {name}: act_density must be in (0, 1], got {act_density}")
     pat = parse_pattern(pattern) if pattern is not None else None
@@ -631,6 +637,11 @@ SWEEP_ALIASES = {"pe_rows": "rows", "pe_cols": "cols", "glb_bw_bytes_per_cycle":
                  "dram_bandwidth_gb_s": "dram_gb_s", "stationary": "dataflow", "mode": "sparsity_mode"}
 
 
+#: parameters that take any positive number; the others are whole numbers up to MAX_PARAM
+REAL_PARAMS = ("reg_bytes", "glb_kb", "glb_bw", "dram_gb_s", "dram_pj_per_bit", "clock_ghz")
+MAX_PARAM = 2**31 - 1
+
+
 def encode_value(key: str, value: str) -> dict[str, Any]:
     """One sweep value written by a person -> parameter assignments (`nm` sets two parameters)."""
     written, key = key, SWEEP_ALIASES.get(key, key)
@@ -659,11 +670,20 @@ def encode_value(key: str, value: str) -> dict[str, Any]:
         if key not in PARAMS:
             raise KeyError
         num = float(v)
+        if not math.isfinite(num):
+            raise InputError(f"--sweep {written}={v}: must be a finite number")
         if num <= 0 and key not in ("tile_m", "tile_n", "tile_k", "loops_m", "loops_n", "loops_k", "nm_group",
                                      "nm_mask"):
             raise InputError(f"--sweep {written}={v}: must be > 0")
-        return {key: int(num) if num.is_integer() and key not in ("glb_kb", "dram_gb_s", "clock_ghz",
-                                                                  "dram_pj_per_bit", "glb_bw") else num}
+        if num < 0:
+            raise InputError(f"--sweep {written}={v}: must be >= 0 (0 = automatic)")
+        if key in REAL_PARAMS:
+            return {key: int(num) if num.is_integer() else num}
+        if not num.is_integer():
+            raise InputError(f"--sweep {written}={v}: must be a whole number")
+        if num > MAX_PARAM:
+            raise InputError(f"--sweep {written}={v}: is beyond what the model takes (at most {MAX_PARAM:,})")
+        return {key: int(num)}
     except KeyError:
         known = sorted(set(PARAMS) | set(SWEEP_ALIASES) | {"nm"})
         raise InputError(f"--sweep {written}: unknown parameter; use one of {', '.join(known)}") from None

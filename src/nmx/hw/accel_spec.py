@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nmx.errors import InputError
+from nmx.io import read_yaml
 from nmx.validation import Strict, as_value_error
 
 PE_KINDS = ("dense", "nm_fixed", "nm_reconfig", "bit_serial")
@@ -242,14 +242,21 @@ def _describe(err: ValidationError, where: str) -> str:
     return f"{where}: {loc}: {msg}"
 
 
-def _read_yaml(path: str | Path) -> Any:
-    p = Path(path)
-    try:
-        return yaml.safe_load(p.read_text())
-    except OSError as err:
-        raise InputError(f"cannot read {p}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+def _read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's top-level mapping; every way it can be unusable (missing, a folder, not UTF-8,
+    malformed, nested too deeply, empty, a list or a scalar) is one InputError naming the file."""
+    path = Path(path).expanduser()
+    data = read_yaml(path, what, expect=None)
+    if data is None:
+        raise InputError(f"{path}: the {what} is empty; see examples/hw/ for one")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: {_a(what)} holds a mapping (key: value) at its top level, not "
+                         f"{type(data).__name__}; see examples/hw/")
+    return data
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
 def accel_from_dict(data: Any, where: str = "accelerator") -> AccelSpec:
@@ -283,7 +290,7 @@ def accel_from_dict(data: Any, where: str = "accelerator") -> AccelSpec:
 
 def load_accel(path: str | Path) -> AccelSpec:
     """Read and validate an accelerator YAML file."""
-    return accel_from_dict(_read_yaml(path), where=str(path))
+    return accel_from_dict(_read_yaml(path, "accelerator YAML"), where=str(path))
 
 
 # ---- workload files ---------------------------------------------------------------------------
@@ -362,4 +369,4 @@ def workload_from_dict(data: Any, where: str = "workload") -> Any:
 
 def load_workload(path: str | Path) -> Any:
     """Read and validate a workload YAML file (one GEMM or an LLM step)."""
-    return workload_from_dict(_read_yaml(path), where=str(path))
+    return workload_from_dict(_read_yaml(path, "workload YAML"), where=str(path))

@@ -23,7 +23,7 @@ def build_work(workload: Optional[Path], model: Optional[str], gemm: Optional[st
     """The workload from exactly one of --workload, --model, --gemm (and the format flags)."""
     from nmx.hw.accel import gemm_problem
     from nmx.hw.accel_spec import load_workload
-    from nmx.hw.workload import Compression, llm_workload
+    from nmx.hw.workload import Compression, check_size, llm_workload
 
     given = [x for x in (workload, model, gemm) if x is not None]
     if len(given) != 1:
@@ -35,6 +35,8 @@ def build_work(workload: Optional[Path], model: Optional[str], gemm: Optional[st
             m, n, k = (int(x) for x in gemm.split(","))
         except ValueError:
             raise InputError(f"--gemm {gemm!r}: write M,N,K (three integers, e.g. 1,4096,4096)") from None
+        for label, v in (("M", m), ("N", n), ("K", k)):
+            check_size(f"--gemm {gemm}: {label}", v)
         g = gemm_problem(m, n, k, weights=weights, activations=activations, pattern=pattern,
                          act_density=act_density)
         return g, f"gemm {m}x{n}x{k}"
@@ -54,21 +56,31 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("accel")
     def accel_cmd(
-        accel: Path = typer.Option(..., "--accel", help="Accelerator YAML (see examples/hw/)."),
-        workload: Optional[Path] = typer.Option(None, "--workload", help="Workload YAML (gemm: or model:)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Preset, HF config, or `nmx run` result folder."),
-        gemm: Optional[str] = typer.Option(None, "--gemm", help="One GEMM as M,N,K (m tokens, n out, k in)."),
-        phase: str = typer.Option("decode", "--phase"),
-        batch: int = typer.Option(1, "--batch"),
-        context: int = typer.Option(2048, "--context"),
-        tokens: int = typer.Option(2048, "--tokens", help="Prefill length."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="Weight number format (default bf16)."),
-        activations: Optional[str] = typer.Option(None, "--activations", help="Activation format (default bf16)."),
-        pattern: Optional[str] = typer.Option(None, "--pattern", help="Weight sparsity, e.g. 2:4 or 50%."),
-        kv_format: Optional[str] = typer.Option(None, "--kv-format"),
-        act_density: float = typer.Option(1.0, "--act-density", help="Nonzero fraction of activations (GEMM)."),
+        accel: Path = typer.Option(..., "--accel", metavar="FILE.yaml", help="Accelerator YAML (see examples/hw/)."),
+        workload: Optional[Path] = typer.Option(None, "--workload", metavar="FILE.yaml",
+                                                help="Workload YAML (gemm: or model:)."),
+        model: Optional[str] = typer.Option(None, "--model", metavar="NAME_OR_DIR",
+                                            help="Preset (e.g. llama-2-7b), HF config, or `nmx run` result folder."),
+        gemm: Optional[str] = typer.Option(None, "--gemm", metavar="M,N,K",
+                                           help="One GEMM as M,N,K (m tokens, n out, k in)."),
+        phase: str = typer.Option("decode", "--phase", metavar="PHASE",
+                                  help="prefill or decode (--model only)."),
+        batch: int = typer.Option(1, "--batch", metavar="N", help="Sequences per step (--model only)."),
+        context: int = typer.Option(2048, "--context", metavar="TOKENS",
+                                    help="Tokens already cached in decode (--model only)."),
+        tokens: int = typer.Option(2048, "--tokens", metavar="TOKENS", help="Prefill length per sequence."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                              help="Weight number format (default bf16)."),
+        activations: Optional[str] = typer.Option(None, "--activations", metavar="FORMAT",
+                                                  help="Activation format (default bf16)."),
+        pattern: Optional[str] = typer.Option(None, "--pattern", metavar="PATTERN",
+                                              help="Weight sparsity, e.g. 2:4 or 50%."),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format", metavar="FORMAT",
+                                                help="KV-cache format (default bf16; --model only)."),
+        act_density: float = typer.Option(1.0, "--act-density", metavar="FRACTION",
+                                          help="Nonzero fraction of activations, in (0, 1] (--gemm only)."),
         per_op: bool = typer.Option(False, "--per-op", help="Also list each op's cycles and energy."),
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     ) -> None:
         """Cycles, energy by component, area and utilization of one accelerator design."""
         from nmx.hw.accel import evaluate
@@ -105,7 +117,7 @@ def register(hw_app: typer.Typer) -> None:
                        f"energy {o['energy_pj'] * 1e-6:.4g} uJ")
 
     @hw_app.command("tech")
-    def tech_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    def tech_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         """Technology tables: energy / area of a MAC and of SRAM at 45, 28, 16 and 7 nm (sources in nmx.hw.tech)."""
         from nmx.hw.tech import tech_table
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -21,77 +21,115 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explore")
     def explore_cmd(
-        accel: Path = typer.Option(..., "--accel", help="The base accelerator YAML."),
-        sweep: List[str] = typer.Option([], "--sweep", help="KEY=v1,v2,... (repeat); e.g. pe_rows=8,16,32, "
+        accel: Path = typer.Option(..., "--accel", metavar="FILE.yaml",
+                                   help="The base accelerator YAML (see examples/hw/)."),
+        sweep: List[str] = typer.Option([], "--sweep", metavar="KEY=V1,V2,...",
+                                        help="Values of one design parameter (repeat for more); e.g. pe_rows=8,16,32, "
                                         "glb_kb=64,256, dram_gb_s=50,100, nm=none,2:4,1:4|2:4|3:4, dataflow=ws,os,is, "
                                         "weights_format=dense,bitmap,nm, tech_nm=28,7."),
-        results: List[Path] = typer.Option([], "--results", help="Result folders of `nmx run` (perplexity vs cost)."),
-        more_results: List[Path] = typer.Argument(None, help="More result folders after --results."),
-        workload: Optional[Path] = typer.Option(None, "--workload"),
-        model: Optional[str] = typer.Option(None, "--model"),
-        gemm: Optional[str] = typer.Option(None, "--gemm", help="M,N,K"),
-        phase: str = typer.Option("decode", "--phase"),
-        batch: int = typer.Option(1, "--batch"),
-        context: int = typer.Option(2048, "--context"),
-        tokens: int = typer.Option(2048, "--tokens"),
-        weights: Optional[str] = typer.Option(None, "--weights"),
-        activations: Optional[str] = typer.Option(None, "--activations"),
-        pattern: Optional[str] = typer.Option(None, "--pattern"),
-        kv_format: Optional[str] = typer.Option(None, "--kv-format"),
-        top: int = typer.Option(20, "--top", help="Pareto points to print / put in the JSON."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Write the figure (PNG/SVG/PDF)."),
-        as_json: bool = typer.Option(False, "--json"),
+        results: List[Path] = typer.Option([], "--results", metavar="RESULT_DIR",
+                                           help="Result folders of `nmx run` (perplexity vs cost); one after "
+                                                "--results, more as arguments."),
+        more_results: Optional[List[Path]] = typer.Argument(None, metavar="RESULT_DIR", show_default=False,
+                                                            help="More result folders after --results."),
+        workload: Optional[Path] = typer.Option(None, "--workload", metavar="FILE.yaml",
+                                                help="Workload YAML (gemm: or model:); or give --model or --gemm."),
+        model: Optional[str] = typer.Option(None, "--model", metavar="NAME_OR_DIR",
+                                            help="Model preset (e.g. llama-2-7b), HF config.json or its folder, "
+                                                 "or an `nmx run` result folder."),
+        gemm: Optional[str] = typer.Option(None, "--gemm", metavar="M,N,K",
+                                           help="One GEMM: M tokens, N output and K input features."),
+        phase: str = typer.Option("decode", "--phase", metavar="PHASE",
+                                  help="prefill or decode (one step with --context tokens cached)."),
+        batch: int = typer.Option(1, "--batch", metavar="N", help="Sequences per step."),
+        context: int = typer.Option(2048, "--context", metavar="TOKENS", help="Tokens already cached (decode)."),
+        tokens: int = typer.Option(2048, "--tokens", metavar="TOKENS", help="Prefill length per sequence."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                              help="Weight format of the linears (default bf16; see `nmx formats`)."),
+        activations: Optional[str] = typer.Option(None, "--activations", metavar="FORMAT",
+                                                  help="Activation format of the linears (default bf16)."),
+        pattern: Optional[str] = typer.Option(None, "--pattern", metavar="PATTERN",
+                                              help="Weight sparsity of the linears, e.g. 2:4 or 50%."),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format", metavar="FORMAT",
+                                                help="KV-cache format (default bf16)."),
+        top: int = typer.Option(20, "--top", metavar="N", help="Pareto points to print / put in the JSON."),
+        plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
+                                            help="Write the figure (.png, .svg, .pdf, .jpg, .eps or .ps)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Sweep accelerator design points (Pareto front of latency, energy, area), or join the
         perplexity of `nmx run` results with their cost on one accelerator."""
-        from nmx.hw import explore as ex
-        from nmx.hw.accel_spec import load_accel
+        if isinstance(top, bool) or top < 1:
+            raise InputError(f"--top must be at least 1, got {top}")
+        out = _plot_output(plot)  # decided now: a bad --plot fails before any work
+        try:
+            _explore(accel, sweep, list(results) + list(more_results or []), workload, model, gemm, phase, batch,
+                     context, tokens, weights, activations, pattern, kv_format, top, plot, out, as_json)
+        finally:
+            if out is not None:
+                out.abort()  # removes the temporary file unless the figure was written
 
-        spec = load_accel(accel)
-        dirs = list(results) + list(more_results or [])
-        if dirs:
-            if sweep:
-                raise InputError("--results joins accuracy with one design: drop --sweep (or explore separately)")
-            if any(x is not None for x in (workload, model, gemm)):
-                raise InputError("--results takes the workload from each result folder: drop --workload/--model/--gemm")
-            rows = ex.accuracy_vs_cost(dirs, spec, phase=phase, batch=batch, context=context, tokens=tokens)
-            if plot is not None:
-                ex.plot_accuracy(rows, plot)
-            if as_json:
-                typer.echo(json.dumps({"accel": spec.name, "rows": rows, "plot": str(plot) if plot else None},
-                                      indent=2))
-                return
-            typer.echo(f"perplexity vs cost on {spec.name} ({phase}, batch {batch}, context {context})")
-            typer.echo(f"{'result':<28} {'perplexity':>11} {'latency ms':>11} {'energy mJ':>10}  recipe")
-            for r in rows:
-                typer.echo(f"{r['label']:<28} {r['perplexity']:>11.4f} {r['latency_s'] * 1e3:>11.4g} "
-                           f"{r['energy_pj'] * 1e-9:>10.4g}  {r['recipe']}")
-            if plot is not None:
-                typer.echo(f"wrote {plot}")
-            return
-        from nmx.hw.cli_accel import build_work
 
-        work, what = build_work(workload, model, gemm, phase, batch, context, tokens, weights, activations,
-                                pattern, kv_format, 1.0)
-        result = ex.sweep(spec, ex.parse_sweeps(sweep), work)
-        front = result.rows(result.pareto[:top])
-        if plot is not None:
-            ex.plot_pareto(result, plot, title=f"{spec.name} on {what}")
-        summary = {"accel": spec.name, "workload": what, "points": result.n_points,
-                   "feasible": int(result.result.feasible.sum()) if result.result.feasible.ndim else result.n_points,
-                   "pareto_points": int(result.pareto.size), "eval_s": result.eval_s,
-                   "sweep": {k: v for k, v in result.axes}, "pareto": front,
-                   "plot": str(plot) if plot else None}
+def _plot_output(plot: Optional[Path]) -> Any:
+    """The --plot file decided before any work (suffix, writable place, not a folder), or None."""
+    if plot is None:
+        return None
+    from nmx.hw.explore import plot_output
+
+    return plot_output(plot, "--plot")
+
+
+def _explore(accel: Path, sweep: list[str], dirs: list[Path], workload: Optional[Path], model: Optional[str],
+             gemm: Optional[str], phase: str, batch: int, context: int, tokens: int, weights: Optional[str],
+             activations: Optional[str], pattern: Optional[str], kv_format: Optional[str], top: int,
+             plot: Optional[Path], out: Any, as_json: bool) -> None:
+    from nmx.hw import explore as ex
+    from nmx.hw.accel_spec import load_accel
+
+    spec = load_accel(accel)
+    if dirs:
+        if sweep:
+            raise InputError("--results joins accuracy with one design: drop --sweep (or explore separately)")
+        if any(x is not None for x in (workload, model, gemm)):
+            raise InputError("--results takes the workload from each result folder: drop --workload/--model/--gemm")
+        rows = ex.accuracy_vs_cost(dirs, spec, phase=phase, batch=batch, context=context, tokens=tokens)
+        if out is not None:
+            ex.plot_accuracy(rows, out)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            typer.echo(json.dumps({"accel": spec.name, "rows": rows, "plot": str(plot) if plot else None},
+                                  indent=2))
             return
-        typer.echo(f"{spec.name} on {what}: {result.n_points} design points in {result.eval_s * 1e3:.1f} ms, "
-                   f"{result.pareto.size} Pareto-optimal (latency, energy, area)")
-        keys = [k for k, _ in result.axes]
-        typer.echo("  ".join(f"{k:>12}" for k in keys) + f"{'latency ms':>12}{'energy mJ':>12}{'area mm2':>10}"
-                   f"{'util':>7}")
-        for r in front:
-            typer.echo("  ".join(f"{r[k]:>12}" for k in keys) + f"{r['latency_s'] * 1e3:>12.4g}"
-                       f"{r['energy_pj'] * 1e-9:>12.4g}{r['area_mm2']:>10.3g}{r['utilization']:>7.3f}")
+        typer.echo(f"perplexity vs cost on {spec.name} ({phase}, batch {batch}, context {context})")
+        typer.echo(f"{'result':<28} {'perplexity':>11} {'latency ms':>11} {'energy mJ':>10}  recipe")
+        for r in rows:
+            typer.echo(f"{r['label']:<28} {r['perplexity']:>11.4f} {r['latency_s'] * 1e3:>11.4g} "
+                       f"{r['energy_pj'] * 1e-9:>10.4g}  {r['recipe']}")
         if plot is not None:
             typer.echo(f"wrote {plot}")
+        return
+    from nmx.hw.cli_accel import build_work
+
+    work, what = build_work(workload, model, gemm, phase, batch, context, tokens, weights, activations,
+                            pattern, kv_format, 1.0)
+    result = ex.sweep(spec, ex.parse_sweeps(sweep), work)
+    front = result.rows(result.pareto[:top])
+    if out is not None:
+        ex.plot_pareto(result, out, title=f"{spec.name} on {what}")
+    summary = {"accel": spec.name, "workload": what, "points": result.n_points,
+               "feasible": int(result.result.feasible.sum()) if result.result.feasible.ndim else result.n_points,
+               "pareto_points": int(result.pareto.size), "eval_s": result.eval_s,
+               "sweep": {k: v for k, v in result.axes}, "pareto": front,
+               "plot": str(plot) if plot else None}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"{spec.name} on {what}: {result.n_points} design points in {result.eval_s * 1e3:.1f} ms, "
+               f"{result.pareto.size} Pareto-optimal (latency, energy, area)")
+    keys = [k for k, _ in result.axes]
+    typer.echo("  ".join(f"{k:>12}" for k in keys) + f"{'latency ms':>12}{'energy mJ':>12}{'area mm2':>10}"
+               f"{'util':>7}")
+    for r in front:
+        typer.echo("  ".join(f"{r[k]:>12}" for k in keys) + f"{r['latency_s'] * 1e3:>12.4g}"
+                   f"{r['energy_pj'] * 1e-9:>12.4g}{r['area_mm2']:>10.3g}{r['utilization']:>7.3f}")
+    if plot is not None:
+        typer.echo(f"wrote {plot}")

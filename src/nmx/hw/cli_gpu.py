@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,17 +15,17 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
-def _read_shapes(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+def _read_shapes(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of each shape of a --shapes CSV; any unusable file is one InputError."""
+    from nmx.hw.gpu import csv_rows
+    from nmx.io import read_text
+
+    rows = csv_rows(read_text(path, "--shapes CSV").splitlines(), path)
     if not rows:
         raise InputError(f"{path} has no rows: write a header line ({','.join(required)}) and one row per shape")
-    missing = [c for c in required if c not in rows[0]]
+    missing = [c for c in required if c not in rows[0][1]]
     if missing:
-        raise InputError(f"{path} lacks the column(s) {', '.join(missing)} (it has {', '.join(rows[0])})")
+        raise InputError(f"{path} lacks the column(s) {', '.join(missing)} (it has {', '.join(rows[0][1])})")
     return rows
 
 
@@ -39,7 +38,7 @@ def _int(row: dict[str, str], key: str) -> int:
 
 def _each_row(path: Path, required: tuple[str, ...], call: Callable[[dict[str, str], int], dict]) -> list[dict]:
     out = []
-    for line, row in enumerate(_read_shapes(path, required), start=2):
+    for line, row in _read_shapes(path, required):
         try:
             out.append(call(row, line))
         except InputError as err:
@@ -67,7 +66,7 @@ def register(hw_app: typer.Typer) -> None:
     """Add `nmx hw targets | gemm | attention | llm`."""
 
     @hw_app.command("targets")
-    def targets(as_json: bool = typer.Option(False, "--json")) -> None:
+    def targets(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         """The GPU targets: peaks, bandwidth, calibration and sources."""
         from nmx.hw.gpu import PRESETS
 
@@ -84,18 +83,23 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("gemm")
     def gemm_cmd(
-        target: str = typer.Option("h100-sxm", "--target", help="GPU preset (nmx hw targets)."),
-        m: Optional[int] = typer.Option(None, "--m", help="Tokens (rows of x)."),
-        n: Optional[int] = typer.Option(None, "--n", help="Output features."),
-        k: Optional[int] = typer.Option(None, "--k", help="Input features (the reduction)."),
-        dtype: str = typer.Option("bf16", "--dtype", help="Tensor-core dtype: bf16 fp16 fp8 int8 fp4 tf32."),
-        sparsity: Optional[str] = typer.Option(None, "--sparsity", help="2:4 uses sparse tensor cores."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="nmx weight format (bytes; dequantized "
-                                                                       "in registers unless native)."),
-        impl: str = typer.Option("pytorch", "--impl", help="pytorch (what PyTorch does today), ideal (cached "
-                                 "plans, fused dequantization) or nmx (nmx's own kernels as measured)."),
-        shapes: Optional[Path] = typer.Option(None, "--shapes", help="CSV with columns m,n,k[,dtype,sparsity]."),
-        as_json: bool = typer.Option(False, "--json"),
+        target: str = typer.Option("h100-sxm", "--target", metavar="NAME", help="GPU preset (nmx hw targets)."),
+        m: Optional[int] = typer.Option(None, "--m", metavar="M", help="Tokens (rows of x)."),
+        n: Optional[int] = typer.Option(None, "--n", metavar="N", help="Output features."),
+        k: Optional[int] = typer.Option(None, "--k", metavar="K", help="Input features (the reduction)."),
+        dtype: str = typer.Option("bf16", "--dtype", metavar="DTYPE",
+                                  help="Tensor-core dtype: bf16 fp16 fp8 int8 fp4 tf32."),
+        sparsity: Optional[str] = typer.Option(None, "--sparsity", metavar="PATTERN",
+                                               help="Weight sparsity; 2:4 uses sparse tensor cores."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                              help="nmx weight format (bytes; dequantized in registers unless "
+                                                   "native)."),
+        impl: str = typer.Option("pytorch", "--impl", metavar="IMPL", help="pytorch (what PyTorch does today), "
+                                 "ideal (cached plans, fused dequantization) or nmx (nmx's own kernels as "
+                                 "measured)."),
+        shapes: Optional[Path] = typer.Option(None, "--shapes", metavar="FILE.csv",
+                                              help="CSV with columns m,n,k[,dtype,sparsity,weights]."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Latency of y = x W^T on a GPU target: memory-, compute- or overhead-bound."""
         from nmx.hw.gpu import gemm
@@ -118,17 +122,21 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("attention")
     def attention_cmd(
-        target: str = typer.Option("h100-sxm", "--target"),
-        batch: Optional[int] = typer.Option(None, "--batch"),
-        q_len: int = typer.Option(1, "--q-len", help="Query tokens per sequence (1 = decode)."),
-        kv_len: Optional[int] = typer.Option(None, "--kv-len", help="Tokens in the KV cache."),
-        heads_q: Optional[int] = typer.Option(None, "--heads-q"),
-        heads_kv: Optional[int] = typer.Option(None, "--heads-kv"),
-        head_dim: int = typer.Option(128, "--head-dim"),
-        kv_format: Optional[str] = typer.Option(None, "--kv-format", help="nmx format of K and V (default bf16)."),
-        shapes: Optional[Path] = typer.Option(None, "--shapes",
-                                              help="CSV: batch,q_len,kv_len,heads_q,heads_kv[,head_dim,kv_format]."),
-        as_json: bool = typer.Option(False, "--json"),
+        target: str = typer.Option("h100-sxm", "--target", metavar="NAME", help="GPU preset (nmx hw targets)."),
+        batch: Optional[int] = typer.Option(None, "--batch", metavar="N", help="Sequences."),
+        q_len: int = typer.Option(1, "--q-len", metavar="TOKENS", help="Query tokens per sequence (1 = decode)."),
+        kv_len: Optional[int] = typer.Option(None, "--kv-len", metavar="TOKENS",
+                                             help="Tokens in the KV cache (including the queries)."),
+        heads_q: Optional[int] = typer.Option(None, "--heads-q", metavar="N", help="Query heads."),
+        heads_kv: Optional[int] = typer.Option(None, "--heads-kv", metavar="N",
+                                               help="Key/value heads (GQA: divides --heads-q)."),
+        head_dim: int = typer.Option(128, "--head-dim", metavar="N", help="Channels per head."),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format", metavar="FORMAT",
+                                                help="nmx format of K and V (default bf16)."),
+        shapes: Optional[Path] = typer.Option(None, "--shapes", metavar="FILE.csv",
+                                              help="CSV with columns batch,q_len,kv_len,heads_q,heads_kv "
+                                                   "[,head_dim,kv_format]."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Latency of fused attention over a (possibly quantized) KV cache."""
         from nmx.hw.gpu import attention
@@ -152,19 +160,24 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("llm")
     def llm_cmd(
-        target: str = typer.Option("h100-sxm", "--target"),
-        model: str = typer.Option("llama-2-7b", "--model",
+        target: str = typer.Option("h100-sxm", "--target", metavar="NAME", help="GPU preset (nmx hw targets)."),
+        model: str = typer.Option("llama-2-7b", "--model", metavar="NAME_OR_DIR",
                                   help="Preset, HF config.json / folder, or an nmx run folder."),
-        phase: str = typer.Option("decode", "--phase", help="prefill or decode."),
-        batch: int = typer.Option(1, "--batch"),
-        tokens: int = typer.Option(2048, "--tokens", help="Prefill length per sequence."),
-        context: int = typer.Option(2048, "--context", help="Tokens already cached (decode)."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="Override: weight format of the linears."),
-        activations: Optional[str] = typer.Option(None, "--activations"),
-        sparsity: Optional[str] = typer.Option(None, "--sparsity", help="Override: pattern of the linears."),
-        kv_format: Optional[str] = typer.Option(None, "--kv-format"),
-        impl: str = typer.Option("pytorch", "--impl", help="pytorch, ideal or nmx (nmx's own kernels as measured)."),
-        as_json: bool = typer.Option(False, "--json"),
+        phase: str = typer.Option("decode", "--phase", metavar="PHASE", help="prefill or decode."),
+        batch: int = typer.Option(1, "--batch", metavar="N", help="Sequences per step."),
+        tokens: int = typer.Option(2048, "--tokens", metavar="TOKENS", help="Prefill length per sequence."),
+        context: int = typer.Option(2048, "--context", metavar="TOKENS", help="Tokens already cached (decode)."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                              help="Override: weight format of the linears."),
+        activations: Optional[str] = typer.Option(None, "--activations", metavar="FORMAT",
+                                                  help="Override: activation format of the linears."),
+        sparsity: Optional[str] = typer.Option(None, "--sparsity", metavar="PATTERN",
+                                               help="Override: pattern of the linears."),
+        kv_format: Optional[str] = typer.Option(None, "--kv-format", metavar="FORMAT",
+                                                help="Override: KV-cache format (default bf16)."),
+        impl: str = typer.Option("pytorch", "--impl", metavar="IMPL",
+                                 help="pytorch, ideal or nmx (nmx's own kernels as measured)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Per-op latency table and totals of one prefill or decode step of an LLM."""
         from dataclasses import replace

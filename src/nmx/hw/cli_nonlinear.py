@@ -29,16 +29,16 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("nonlinear")
     def nonlinear(
-        more_methods: Optional[List[str]] = typer.Argument(None, metavar="[METHOD...]",
+        more_methods: Optional[List[str]] = typer.Argument(None, metavar="METHOD", show_default=False,
                                                            help="More method names (same as --methods)."),
-        function: str = typer.Option("silu", "--function", "-f",
+        function: str = typer.Option("silu", "--function", "-f", metavar="NAME",
                                      help="exp, reciprocal, sigmoid, tanh, silu, gelu, gelu_tanh or softmax."),
-        methods: List[str] = typer.Option([], "--methods", "-m",
+        methods: List[str] = typer.Option([], "--methods", "-m", metavar="METHOD",
                                           help="Methods: lut<N>, lut<N>_interp, pwl<N>, cordic<N>[_iter] "
                                                "[_in<F>][_out<D>]; `--methods a b c` or a,b,c."),
-        tech: int = typer.Option(45, "--tech", help="Technology node in nm: 45, 28, 16 or 7."),
-        row_len: int = typer.Option(256, "--row-len", help="Softmax row length for its per-row cost."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the random half of the test inputs."),
+        tech: int = typer.Option(45, "--tech", metavar="NM", help="Technology node in nm: 45, 28, 16 or 7."),
+        row_len: int = typer.Option(256, "--row-len", metavar="N", help="Softmax row length for its per-row cost."),
+        seed: int = typer.Option(0, "--seed", metavar="SEED", help="Seed of the random half of the test inputs."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Nonlinear units (LUT, interpolated LUT, PWL, CORDIC): error against float64 and cost per element."""

@@ -52,8 +52,10 @@ def register(hw_app: typer.Typer) -> None:
         sparse_opts: Path = typer.Argument(..., metavar="SPARSE_OPTS", help="Sparse optimizations YAML."),
         workload: Path = typer.Argument(..., metavar="WORKLOAD", help="Problem YAML (data files beside it)."),
         mapping: Path = typer.Argument(..., metavar="MAPPING", help="Mapping YAML."),
-        ert: Optional[Path] = typer.Option(None, "--ert", help="Energy table (default: ERT.yaml beside ARCH)."),
-        art: Optional[Path] = typer.Option(None, "--art", help="Area table (default: ART.yaml beside ARCH)."),
+        ert: Optional[Path] = typer.Option(None, "--ert", metavar="FILE.yaml",
+                                           help="Energy table (default: ERT.yaml beside ARCH)."),
+        art: Optional[Path] = typer.Option(None, "--art", metavar="FILE.yaml",
+                                           help="Area table (default: ART.yaml beside ARCH)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Cycles, energy and accesses of a Timeloop/Sparseloop v0.3 case (one PE, sparse formats)."""

@@ -17,8 +17,8 @@ Pareto: minimize all objectives; a point is dominated when another is <= in ever
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,10 +28,13 @@ import numpy as np
 from nmx.errors import InputError
 from nmx.hw.accel import AccelResult, evaluate, grid, point_labels
 from nmx.hw.accel_spec import AccelSpec
+from nmx.io import PLOT_SUFFIXES, OutputFile
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("latency_s", "energy_pj", "area_um2")
+#: the most design points one sweep evaluates (10^7 take about 1.5 GB and minutes of Pareto sorting)
+MAX_POINTS = 10_000_000
 
 
 def pareto_mask(objectives: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -102,6 +105,10 @@ def sweep(spec: AccelSpec, sweeps: dict[str, list[str]], work: Any) -> Explorati
     command line) around the design `spec`; compute the (latency, energy, area) Pareto front."""
     import time
 
+    n = math.prod(len(v) for v in sweeps.values())
+    if n > MAX_POINTS:
+        raise InputError(f"--sweep gives {n:,} design points; at most {MAX_POINTS:,} at once (each costs memory "
+                         "and Pareto time): sweep fewer values, or split the sweep")
     params, axes = grid(spec.params(), sweeps)
     t0 = time.perf_counter()
     r = evaluate(params, work)
@@ -134,16 +141,28 @@ def parse_sweeps(items: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def _save_fig(fig: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    tmp.replace(path)
+def plot_output(path: str | Path | OutputFile, what: str = "--plot") -> OutputFile:
+    """The figure file decided now (a known image suffix, a writable place, not a folder): pass
+    the result to `plot_pareto` / `plot_accuracy`, which write it all-or-nothing."""
+    return path if isinstance(path, OutputFile) else OutputFile(path, what=what, suffixes=PLOT_SUFFIXES)
 
 
-def plot_pareto(ex: Exploration, path: str | Path, title: str | None = None) -> None:
-    """Latency vs energy of every design point (colour = area), the Pareto-optimal ones circled."""
+def _save_fig(fig: Any, out: OutputFile) -> None:
+    with out as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+
+
+def plot_pareto(ex: Exploration, path: str | Path | OutputFile, title: str | None = None) -> None:
+    """Latency vs energy of every design point (colour = area), the Pareto-optimal ones circled.
+    `path`: a file name (.png, .svg, .pdf, ...) or an OutputFile from `plot_output`."""
+    out = plot_output(path)
+    try:
+        _plot_pareto(ex, out, title)
+    finally:
+        out.abort()  # nothing left behind if drawing failed (a no-op once written)
+
+
+def _plot_pareto(ex: Exploration, out: OutputFile, title: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,8 +183,10 @@ def plot_pareto(ex: Exploration, path: str | Path, title: str | None = None) -> 
     ax.set_title(title or f"{ex.spec.name}: " + ", ".join(k for k, _ in ex.axes))
     ax.legend(loc="best", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    _save_fig(fig, path)
-    plt.close(fig)
+    try:
+        _save_fig(fig, out)
+    finally:
+        plt.close(fig)
 
 
 # ---- accuracy joined with cost --------------------------------------------------------------------
@@ -175,19 +196,25 @@ def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: 
                      context: int = 2048, tokens: int = 2048) -> list[dict[str, Any]]:
     """One row per `nmx run` result folder: its perplexity and recipe, and the latency / energy of
     one step of the recipe's workload (the real per-layer storage of its masks) on `spec`."""
-    from nmx.hw.workload import llm_workload
+    from nmx.hw.workload import llm_workload, read_result
 
     rows = []
     for d in result_dirs:
-        d = Path(d)
+        d = Path(d).expanduser()
         f = d / "result.json"
-        if not f.is_file():
+        if not d.is_dir():
+            raise InputError(f"{d}: {'no such folder' if not d.exists() else 'not a folder'}; "
+                             "give folders written by `nmx run` (with result.json)")
+        if not f.exists():
             raise InputError(f"{d}: no result.json; give folders written by `nmx run`")
-        try:
-            res = json.loads(f.read_text())
-            ppl = float(res["perplexity"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"{f}: not an nmx result with a perplexity ({err})") from None
+        res = read_result(d)
+        ppl = res.get("perplexity")
+        if isinstance(ppl, str) and ppl in ("inf", "-inf"):  # how `nmx run` writes an infinite perplexity
+            ppl = float(ppl)
+        if isinstance(ppl, bool) or not isinstance(ppl, (int, float)):
+            raise InputError(f"{f}: 'perplexity' must be a number, got {ppl!r}; give folders written by `nmx run`"
+                             if "perplexity" in res else f"{f} has no 'perplexity'; give folders written by `nmx run`")
+        ppl = float(ppl)
         w = llm_workload(d, phase, batch=batch, context=context, tokens=tokens)
         r = evaluate(spec, w).point()
         rows.append({"dir": str(d), "label": d.name, "recipe": w.compression.describe(), "perplexity": ppl,
@@ -198,8 +225,17 @@ def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: 
     return rows
 
 
-def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """Perplexity against latency and against energy, one labelled point per recipe."""
+def plot_accuracy(rows: list[dict[str, Any]], path: str | Path | OutputFile) -> None:
+    """Perplexity against latency and against energy, one labelled point per recipe.
+    `path`: a file name (.png, .svg, .pdf, ...) or an OutputFile from `plot_output`."""
+    out = plot_output(path)
+    try:
+        _plot_accuracy(rows, out)
+    finally:
+        out.abort()
+
+
+def _plot_accuracy(rows: list[dict[str, Any]], out: OutputFile) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,5 +254,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> None:
         ax.grid(True, alpha=0.3)
     if rows:
         fig.suptitle(f"accuracy vs cost on {rows[0]['accel']}")
-    _save_fig(fig, path)
-    plt.close(fig)
+    try:
+        _save_fig(fig, out)
+    finally:
+        plt.close(fig)

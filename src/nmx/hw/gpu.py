@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nmx.errors import InputError
+from nmx.io import read_text
 
 DTYPES = ("bf16", "fp16", "fp8", "int8", "fp4", "tf32")
 IMPLS = ("pytorch", "ideal", "nmx")
@@ -222,10 +223,11 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
     (other patterns only shrink the weight bytes of a weight-only kernel); `impl` "pytorch" is
     what PyTorch does today (its 2:4 path pays a plan setup per call), "ideal" a kernel with
     cached plans and fused dequantization, "nmx" nmx's own kernels as measured (`_nmx_gemm`)."""
+    from nmx.hw.workload import check_size
+
     t = get_target(target)
     for label, v in (("m", m), ("n", n), ("k", k)):
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"gemm: {label} must be a positive integer, got {v!r}")
+        check_size(f"gemm: {label} (--{label})", v)
     if impl not in IMPLS:
         raise InputError(f"unknown implementation {impl!r}: use one of {', '.join(IMPLS)}")
     if impl == "nmx":
@@ -331,19 +333,58 @@ def measurement_file(name: str = "h200_measured.csv") -> Path:
 
 
 def load_measurements(path: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(header, rows) of a CSV written by benchmarks/gpu_calibrate.py."""
+    """(header, rows) of a CSV written by benchmarks/gpu_calibrate.py (a first line `# {json}`,
+    then a header row and one row per kernel). Any unusable file is one InputError naming it."""
     path = Path(path) if path else measurement_file()
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"cannot read measurements {path}: {err}") from None
-    header = json.loads(lines[0][2:]) if lines and lines[0].startswith("# ") else {}
+    text = read_text(path, "measurements file")
+    lines = text.splitlines()
+    header: dict[str, Any] = {}
+    if lines and lines[0].startswith("# "):
+        try:
+            header = json.loads(lines[0][2:])
+        except (ValueError, RecursionError):
+            header = None  # type: ignore[assignment]
+        if not isinstance(header, dict):
+            raise InputError(f"{path} line 1: the `# ` header is not a JSON object; write the file with "
+                             "benchmarks/gpu_calibrate.py")
     body = [ln for ln in lines if not ln.startswith("# ")]
     rows = []
-    for r in csv.DictReader(body):
-        rows.append({k: (v if k in ("op", "dtype", "sparsity", "weights", "role") else (float(v) if v else 0.0))
-                     for k, v in r.items()})
+    for line, r in csv_rows(body, path):
+        out = {}
+        for k, v in r.items():
+            if k in ("op", "dtype", "sparsity", "weights", "role"):
+                out[k] = v
+                continue
+            try:
+                out[k] = float(v) if v else 0.0
+            except ValueError:
+                raise InputError(f"{path} row {line} of the table: column {k!r} must be a number, "
+                                 f"got {v!r}") from None
+        rows.append(out)
     return header, rows
+
+
+def csv_rows(lines: list[str], path: Path | str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of each row of a CSV whose first line is the header. A NUL byte, a row
+    with fewer or more cells than the header, or anything else the csv module refuses is one
+    InputError naming the file and line."""
+    for n, ln in enumerate(lines, start=1):
+        if "\0" in ln:
+            raise InputError(f"{path} line {n} holds a NUL byte: not a text CSV file")
+    reader = csv.DictReader(lines)
+    out = []
+    try:
+        for r in reader:
+            line = reader.line_num
+            if None in r:
+                raise InputError(f"{path} line {line} has more cells than the header ({len(reader.fieldnames)})")
+            missing = [k for k, v in r.items() if v is None]
+            if missing:
+                raise InputError(f"{path} line {line} has fewer cells than the header (no {', '.join(missing)})")
+            out.append((line, r))
+    except csv.Error as err:
+        raise InputError(f"{path} line {reader.line_num}: not a valid CSV file ({err})") from None
+    return out
 
 
 def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:

@@ -357,6 +357,10 @@ def compare(function: str, methods: list[str] | tuple[str, ...] = DEFAULT_METHOD
     fn = function_name(function)
     ms = [get(m) for m in methods]  # validate every name before any work
     tech_obj = _tech(tech)
+    if isinstance(row_len, bool) or not isinstance(row_len, int) or row_len < 1:
+        raise InputError(f"row_len (--row-len) must be a whole number of at least 1, got {row_len!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise InputError(f"seed (--seed) must be a whole number from 0 to 2^63 - 1, got {seed!r}")
     x = standard_inputs(fn, seed)
     rows = []
     for m in ms:

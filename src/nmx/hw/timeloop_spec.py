@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from nmx.errors import InputError
+from nmx.io import read_text
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,65 @@ def _fail(where: str, problem: str, fix: str) -> NoReturn:
 
 
 def load_yaml(path: Path | str, what: str) -> Any:
-    """Parse one YAML file; a missing file or a syntax error is one line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}; give the path of an existing YAML file")
+    """Parse one YAML file; every way it can be unusable (missing, a folder, not UTF-8 text, a
+    syntax error, nested too deeply, empty) is one line naming the file."""
+    path = Path(path).expanduser()
+    text = read_text(path, f"{what} file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 (the safe loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "syntax error"
         raise InputError(f"{path.name}: not valid YAML{line} ({problem}); fix the YAML syntax") from None
+    except RecursionError:  # the wording of nmx.io.parse_yaml (which this reader's syntax message predates)
+        raise InputError(f"{path.name}: nested too deeply to be a configuration file") from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. a timestamp the resolver cannot build
+        raise InputError(f"{path.name}: not a usable YAML value ({err})") from None
+    if doc is None:
+        fix = ("for none, write `sparse_optimizations: {targets: []}`" if what == "sparse options"
+               else f"give a Timeloop v0.3 {what} file")
+        raise InputError(f"{path.name}: the {what} file is empty; {fix}")
+    return doc
+
+
+#: the top-level key of each kind of file, and how the command line names it
+FILE_KINDS = {"architecture": ("architecture", "ARCH"), "sparse_optimizations": ("sparse options", "SPARSE_OPTS"),
+              "problem": ("workload", "WORKLOAD"), "mapping": ("mapping", "MAPPING"), "ERT": ("ERT", "--ert"),
+              "ART": ("ART", "--art")}
+ORDER = "ARCH SPARSE_OPTS WORKLOAD MAPPING"
+
+
+def file_kind(doc: Any) -> Optional[str]:
+    """Which kind of Timeloop file a parsed document is, by its top-level key (a bare list of
+    entries with `target:` is a mapping); None when it is none of them."""
+    if isinstance(doc, dict):
+        hits = [k for k in FILE_KINDS if k in doc]
+        return hits[0] if len(hits) == 1 else None
+    if isinstance(doc, list) and doc and all(isinstance(e, dict) and "target" in e for e in doc):
+        return "mapping"
+    return None
+
+
+def check_order(docs: Mapping[str, Any], files: Mapping[str, Path]) -> None:
+    """Refuse a file given in another file's place (e.g. the mapping as ARCH), naming both."""
+    slots = list(files)
+    for i, key in enumerate(slots):
+        doc = docs.get(key)
+        kind = file_kind(doc)
+        if doc is None or kind is None or kind == key:
+            continue
+        what, arg = FILE_KINDS[key]
+        found = FILE_KINDS[kind][0]
+        place = f"argument {i + 1} ({arg})" if not arg.startswith("--") else arg
+        fix = f"the order is {ORDER}" + (", then --ert ERT.yaml --art ART.yaml" if kind in ("ERT", "ART")
+                                         or arg.startswith("--") else "")
+        raise InputError(f"{place} {files[key]} looks like {_a(found)} file (top-level `{kind}:`), not "
+                         f"{_a(what)} file; {fix}")
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
 def _mapping(node: Any, where: str) -> dict:
@@ -813,15 +862,19 @@ def load_case(arch: Path | str, sparse_opts: Path | str, workload: Path | str, m
               find_tables: bool = True) -> Case:
     """Read the four files (and the ERT / ART: given, else ERT.yaml / ART.yaml beside ARCH when
     `find_tables`). Data files named in the workload are found relative to the workload file."""
-    arch, sparse_opts, workload, mapping = (Path(p) for p in (arch, sparse_opts, workload, mapping))
+    arch, sparse_opts, workload, mapping = (Path(p).expanduser() for p in (arch, sparse_opts, workload, mapping))
     if ert is None and find_tables and (arch.parent / "ERT.yaml").is_file():
         ert = arch.parent / "ERT.yaml"
     if art is None and find_tables and (arch.parent / "ART.yaml").is_file():
         art = arch.parent / "ART.yaml"
-    docs = [load_yaml(arch, "architecture"), load_yaml(sparse_opts, "sparse options"),
-            load_yaml(workload, "workload"), load_yaml(mapping, "mapping"),
-            load_yaml(ert, "ERT") if ert is not None else None,
-            load_yaml(art, "ART") if art is not None else None]
+    files = {"architecture": arch, "sparse_optimizations": sparse_opts, "problem": workload, "mapping": mapping}
+    if ert is not None:
+        files["ERT"] = Path(ert).expanduser()
+    if art is not None:
+        files["ART"] = Path(art).expanduser()
+    docs = {key: load_yaml(path, FILE_KINDS[key][0]) for key, path in files.items()}
+    check_order(docs, files)
     names = {"arch": arch.name, "sparse": sparse_opts.name, "workload": workload.name, "mapping": mapping.name,
              "ert": Path(ert).name if ert else "ERT.yaml", "art": Path(art).name if art else "ART.yaml"}
-    return build_case(*docs, base_dir=workload.parent, names=names)
+    return build_case(docs["architecture"], docs["sparse_optimizations"], docs["problem"], docs["mapping"],
+                      docs.get("ERT"), docs.get("ART"), base_dir=workload.parent, names=names)

@@ -25,18 +25,34 @@ sequence to a cache of `context` tokens (M = batch, kv_len = context + 1). Unqua
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from nmx.errors import InputError
+from nmx.errors import InputError, NmxError
+from nmx.io import read_json
 from nmx.model.layers import DEFAULT_TARGETS
 
 BF16_BYTES = 2
 Phase = Literal["prefill", "decode"]
 PHASES = ("prefill", "decode")
+#: the largest size (tokens, batch, a GEMM dimension) nmx models: beyond it the numbers are no
+#: longer a machine anyone runs, and numpy's int64 products would overflow
+MAX_SIZE = 2**31 - 1
+
+
+def check_size(label: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int in [minimum, MAX_SIZE]; else an InputError naming `label` (e.g. "--batch")."""
+    import numbers
+
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{label} must be {kind}, got {value!r}")
+    if value > MAX_SIZE:
+        raise InputError(f"{label} = {value} is beyond what nmx models (at most {MAX_SIZE:,}); give a real size")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -89,25 +105,33 @@ PRESETS: dict[str, ModelShape] = {s.name: s for s in (
 
 def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
     """A ModelShape from a HF config: a `PretrainedConfig`, a dict, a config.json path or its folder."""
+    where = "the model config"
     if isinstance(config, (str, Path)):
         path = Path(config)
         path = path / "config.json" if path.is_dir() else path
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read the model config {path}: {err}") from None
+        config = read_json(path, "model config")
+        where = str(path)
     cfg = config if isinstance(config, dict) else config.to_dict()
+
+    def integer(key: str, default: Any = None) -> int:
+        v = cfg[key] if default is None else (cfg.get(key) or default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+            raise InputError(f"{where}: {key} must be a whole number, got {v!r}")
+        return int(v)
+
     try:
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
+        heads = integer("num_attention_heads")
+        hidden = integer("hidden_size")
+        if heads < 1:
+            raise InputError(f"{where}: num_attention_heads must be at least 1, got {heads}")
         return ModelShape(
-            name=name or cfg.get("_name_or_path") or cfg.get("model_type") or "model",
-            hidden=hidden, intermediate=int(cfg["intermediate_size"]), layers=int(cfg["num_hidden_layers"]),
-            heads_q=heads, heads_kv=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads), vocab=int(cfg["vocab_size"]),
+            name=str(name or cfg.get("_name_or_path") or cfg.get("model_type") or "model"),
+            hidden=hidden, intermediate=integer("intermediate_size"), layers=integer("num_hidden_layers"),
+            heads_q=heads, heads_kv=integer("num_key_value_heads", heads),
+            head_dim=integer("head_dim", hidden // heads), vocab=integer("vocab_size"),
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
     except KeyError as err:
-        raise InputError(f"the model config has no {err.args[0]!r}: nmx models Llama-style decoders "
+        raise InputError(f"{where} has no {err.args[0]!r}: nmx models Llama-style decoders "
                          "(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
                          "vocab_size)") from None
 
@@ -259,8 +283,7 @@ def attention_op(name: str, batch: int, q_len: int, kv_len: int, heads_q: int, h
     are appended to the cache. With `causal`, query i sees kv_len - q_len + i + 1 keys."""
     for label, v in (("batch", batch), ("q_len", q_len), ("kv_len", kv_len), ("heads_q", heads_q),
                      ("heads_kv", heads_kv), ("head_dim", head_dim)):
-        if v < 1:
-            raise InputError(f"attention: {label} must be at least 1, got {v}")
+        check_size(f"attention: {label}", v)
     if heads_q % heads_kv:
         raise InputError(f"attention: heads_q={heads_q} is not a multiple of heads_kv={heads_kv}")
     if q_len > kv_len:
@@ -294,14 +317,15 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     shape, from_result = resolve_model(model)
     comp = compression if compression is not None else (from_result or Compression())
     if phase not in PHASES:
-        raise InputError(f"phase must be 'prefill' or 'decode', got {phase!r}")
-    for label, v in (("batch", batch), ("tokens", tokens)):
-        if v < 1:
-            raise InputError(f"{label} must be at least 1, got {v}")
-    if context < 0:
-        raise InputError(f"context must be at least 0, got {context}")
+        raise InputError(f"phase (--phase) must be 'prefill' or 'decode', got {phase!r}")
+    check_size("batch (--batch)", batch)
+    check_size("tokens (--tokens)", tokens)
+    check_size("context (--context)", context, minimum=0)
     q = tokens if phase == "prefill" else 1
     ctx = 0 if phase == "prefill" else context
+    if batch * q > MAX_SIZE or ctx + q > MAX_SIZE:
+        raise InputError(f"batch {batch} x {q} new tokens with a context of {ctx} is beyond what nmx models "
+                         f"(at most {MAX_SIZE:,} tokens in one step or in the cache)")
     m, L, s = batch * q, shape.layers, shape
     real_bits = dict(comp.layer_bits)
     ops: list[Op] = [Op("embed_tokens", "embedding", 1, flops=0.0, bytes_read=float(m * s.hidden * BF16_BYTES),
@@ -337,39 +361,93 @@ def resolve_model(model: str | ModelShape | Path | dict) -> tuple[ModelShape, Co
     key = str(model)
     if key in PRESETS:
         return PRESETS[key], None
-    path = Path(key)
-    if (path / "result.json").is_file():
+    path = Path(key).expanduser()
+    if (path / "result.json").exists():
         return _from_result(path)
-    if path.is_file() or (path / "config.json").is_file():
+    if path.is_file() or (path / "config.json").exists():
         return shape_from_config(path), None
     raise InputError(f"unknown model {key!r}: give a preset ({', '.join(PRESETS)}), a HF config.json or its "
                      "folder, or the output folder of `nmx run` (with result.json)")
 
 
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str, required: bool = True) -> Any:
+    """obj[key] of the given type (None when absent and not required); else one line naming the key."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where} is not a mapping; is this a folder written by `nmx run`?")
+    if key not in obj or obj[key] is None:
+        if required:
+            raise InputError(f"{where} has no {key!r}; give a folder written by `nmx run`")
+        return None
+    v = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        names = " or ".join(dict.fromkeys({"dict": "mapping", "str": "string", "int": "number", "float": "number"}
+                                          .get(t.__name__, t.__name__) for t in kinds))
+        raise InputError(f"{where}: {key!r} must be a {names}, got {type(v).__name__}; "
+                         "give a folder written by `nmx run`")
+    return v
+
+
+def read_result(folder: Path | str) -> dict[str, Any]:
+    """The result.json of an `nmx run` folder (a mapping), or one InputError line naming the file."""
+    f = Path(folder) / "result.json"
+    return read_json(f, "result file of `nmx run`")
+
+
 def _from_result(folder: Path) -> tuple[ModelShape, Compression]:
-    try:
-        result = json.loads((folder / "result.json").read_text())
-        recipe = result["recipe"]
-    except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"{folder / 'result.json'} is not an nmx result ({err})") from None
-    shape_rec = result.get("model", {}).get("shape")
+    f = folder / "result.json"
+    where = str(f)
+    result = read_result(folder)
+    recipe = _field(result, "recipe", dict, where)
+    rwhere = f"{where}: recipe"
+    model_rec = _field(result, "model", dict, where, required=False) or {}
+    shape_rec = _field(model_rec, "shape", dict, f"{where}: model", required=False)
     if shape_rec:
-        shape = ModelShape(**shape_rec)
-    elif recipe.get("model") in PRESETS:
+        fields = {k: shape_rec.get(k) for k in ("name", "hidden", "intermediate", "layers", "heads_q", "heads_kv",
+                                                "head_dim", "vocab") if k in shape_rec}
+        missing = [k for k in ("hidden", "intermediate", "layers", "heads_q", "heads_kv", "head_dim", "vocab")
+                   if k not in fields]
+        if missing:
+            raise InputError(f"{where}: model.shape has no {', '.join(repr(k) for k in missing)}; "
+                             "give a folder written by `nmx run`")
+        try:
+            shape = ModelShape(name=str(fields.pop("name", None) or recipe.get("model") or folder.name), **fields,
+                               tied_embeddings=bool(shape_rec.get("tied_embeddings", False)))
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
+    elif _field(recipe, "model", str, rwhere, required=False) in PRESETS:
         shape = PRESETS[recipe["model"]]
     else:
         raise InputError(f"{folder}: the result names model {recipe.get('model')!r}, which is no preset, and holds "
                          "no model shape; re-run it with this nmx version")
-    sp, qz = recipe.get("sparsity") or {}, recipe.get("quantization") or {}
-    targets = tuple(sp.get("targets") or qz.get("targets") or DEFAULT_TARGETS)
+    sp = _field(recipe, "sparsity", dict, rwhere, required=False) or {}
+    qz = _field(recipe, "quantization", dict, rwhere, required=False) or {}
+    kv = _field(recipe, "kv_cache", dict, rwhere, required=False) or {}
+    kv_quant = _field(kv, "quant", dict, f"{rwhere}.kv_cache", required=False) or {}
+    # a cache that only evicts (or merges) keeps its tokens at the dense format: priced as bf16 KV
+    # (the eviction's smaller cache is not priced yet)
+    kv_format = _field(kv_quant, "format", str, f"{rwhere}.kv_cache.quant", required=False)
+    targets_raw = _field(sp, "targets", list, f"{rwhere}.sparsity", required=False) or \
+        _field(qz, "targets", list, f"{rwhere}.quantization", required=False) or DEFAULT_TARGETS
+    if not all(isinstance(t, str) for t in targets_raw):
+        raise InputError(f"{rwhere}: targets must be a list of layer-name patterns (strings)")
+    targets = tuple(targets_raw)
     # real storage of the masks that were applied, averaged over the decoder layers
     sums: dict[str, list[float]] = {}
-    for full, rec in (result.get("layers") or {}).items():
+    layers = _field(result, "layers", dict, where, required=False) or {}
+    for full, rec in layers.items():
+        bits = _field(rec, "bits", (int, float), f"{where}: layers.{full}")
+        if not math.isfinite(bits) or bits < 0:
+            raise InputError(f"{where}: layers.{full}.bits must be a number >= 0, got {bits!r}")
         short = full.split(".", 3)[-1] if full.startswith("model.layers.") else full
-        sums.setdefault(short, []).append(float(rec["bits"]))
+        sums.setdefault(short, []).append(float(bits))
     bits = tuple((k, sum(v) / len(v)) for k, v in sorted(sums.items()))
-    return shape, Compression(weights=qz.get("weights"), activations=qz.get("activations"),
-                              pattern=sp.get("pattern"), targets=targets,
-                              kv_format=(recipe.get("kv_cache") or {}).get("quant", {}).get("format")
-                              if isinstance(recipe.get("kv_cache"), dict) else None,
-                              layer_bits=bits)
+    weights = _field(qz, "weights", str, f"{rwhere}.quantization", required=False)
+    activations = _field(qz, "activations", str, f"{rwhere}.quantization", required=False)
+    pattern = _field(sp, "pattern", str, f"{rwhere}.sparsity", required=False)
+    try:
+        comp = Compression(weights=weights, activations=activations, pattern=pattern, targets=targets,
+                           kv_format=kv_format, layer_bits=bits)
+    except NmxError as err:  # a format or pattern name this nmx does not know
+        raise InputError(f"{where}: {err}") from None
+    return shape, comp
