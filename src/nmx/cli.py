@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -358,6 +359,11 @@ def _setup_logging() -> None:
     if not any(isinstance(h, _WarningLines) for h in log.handlers):
         log.addHandler(_WarningLines())  # propagation stays on: the root logger prints nothing by default
     log.setLevel(logging.INFO if _state["debug"] else logging.WARNING)
+    # transformers' per-tensor "Loading weights" bars would sit between nmx's one-line messages;
+    # transformers reads this when it is imported (later, by the command that needs it)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (nmx used as a library, tests)
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main() -> None:

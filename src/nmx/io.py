@@ -33,8 +33,16 @@ RESULT_MARKERS = ("result.json", "summary.json")
 # ---------------------------------------------------------------- reading
 
 
+def expand_user(path: Path | str) -> Path:
+    """`~` and `~user` expanded; a `~user` with no home stays as written (it then is simply not found)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def read_bytes(path: Path | str, what: str = "file") -> bytes:
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
     if path.is_dir():
@@ -235,7 +243,7 @@ class OutputDir:
     """
 
     def __init__(self, path: Path | str, overwrite: bool = False, what: str = "--out") -> None:
-        self.path = Path(path).expanduser()
+        self.path = expand_user(path)
         self.what = what
         p = self.path
         if p.exists() or p.is_symlink():
@@ -300,7 +308,7 @@ class OutputFile:
     written all-or-nothing: `with out as tmp:` write `tmp`; it is renamed onto the target."""
 
     def __init__(self, path: Path | str, what: str = "--plot", suffixes: tuple[str, ...] | None = None) -> None:
-        self.path = Path(path).expanduser()
+        self.path = expand_user(path)
         p = self.path
         if suffixes is not None and p.suffix.lower() not in suffixes:
             raise InputError(f"{what} {p}: the file name must end in one of {', '.join(suffixes)}")
@@ -343,6 +351,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        set_normal_mode(tmp, folder=True)
         yield tmp
         with _signals_held():
             if path.exists():

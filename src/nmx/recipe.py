@@ -52,6 +52,13 @@ class Sparsity(Strict):
 
         return as_value_error(get_method, v) and v
 
+    @model_validator(mode="after")
+    def _method_takes_options(self) -> "Sparsity":
+        from nmx.sparsity.methods import get_method
+
+        as_value_error(get_method(self.method).check_options, self.options)
+        return self
+
     @field_validator("pattern", mode="before")
     @classmethod
     def _valid_pattern(cls, v: Any) -> str:

@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from nmx.errors import InputError
-from nmx.io import read_text
+from nmx.io import expand_user, read_text
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _from_data_dir(name: str) -> Text | None:
     data_dir = os.environ.get("NMX_DATA_DIR")
     if not data_dir:
         return None
-    path = Path(data_dir).expanduser() / BUILTIN[name].data_path
+    path = expand_user(data_dir) / BUILTIN[name].data_path
     if not path.is_file():
         return None
     raw = _not_empty(read_text(path, what="text file"), f"text file {path}")
@@ -186,10 +186,7 @@ def load_text(spec: str) -> Text:
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("no text given: name a text file, a built-in text "
                          f"({', '.join(BUILTIN)}) or a Hugging Face dataset ({HUB_SYNTAX})")
-    try:
-        path = Path(spec).expanduser()
-    except RuntimeError:  # ~user that does not exist
-        path = Path(spec)
+    path = expand_user(spec)
     if path.is_file():  # (a) a file is used as is, whatever its name
         return Text(path.name, _not_empty(read_text(path, what="text file"), f"text file {path}"),
                     str(path.resolve()), AS_IS)

@@ -54,7 +54,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nmx.errors import InputError
-from nmx.io import read_yaml
+from nmx.io import expand_user, read_yaml
 from nmx.validation import Strict, as_value_error
 
 PE_KINDS = ("dense", "nm_fixed", "nm_reconfig", "bit_serial")
@@ -245,7 +245,7 @@ def _describe(err: ValidationError, where: str) -> str:
 def _read_yaml(path: str | Path, what: str) -> Any:
     """A YAML file's top-level mapping; every way it can be unusable (missing, a folder, not UTF-8,
     malformed, nested too deeply, empty, a list or a scalar) is one InputError naming the file."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     data = read_yaml(path, what, expect=None)
     if data is None:
         raise InputError(f"{path}: the {what} is empty; see examples/hw/ for one")

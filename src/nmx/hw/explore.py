@@ -28,7 +28,7 @@ import numpy as np
 from nmx.errors import InputError
 from nmx.hw.accel import AccelResult, evaluate, grid, point_labels
 from nmx.hw.accel_spec import AccelSpec
-from nmx.io import PLOT_SUFFIXES, OutputFile
+from nmx.io import expand_user, PLOT_SUFFIXES, OutputFile
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: 
 
     rows = []
     for d in result_dirs:
-        d = Path(d).expanduser()
+        d = expand_user(d)
         f = d / "result.json"
         if not d.is_dir():
             raise InputError(f"{d}: {'no such folder' if not d.exists() else 'not a folder'}; "

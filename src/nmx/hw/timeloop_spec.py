@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from nmx.errors import InputError
-from nmx.io import read_text
+from nmx.io import expand_user, read_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _fail(where: str, problem: str, fix: str) -> NoReturn:
 def load_yaml(path: Path | str, what: str) -> Any:
     """Parse one YAML file; every way it can be unusable (missing, a folder, not UTF-8 text, a
     syntax error, nested too deeply, empty) is one line naming the file."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     text = read_text(path, f"{what} file")
     try:
         doc = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 (the safe loader)
@@ -862,16 +862,16 @@ def load_case(arch: Path | str, sparse_opts: Path | str, workload: Path | str, m
               find_tables: bool = True) -> Case:
     """Read the four files (and the ERT / ART: given, else ERT.yaml / ART.yaml beside ARCH when
     `find_tables`). Data files named in the workload are found relative to the workload file."""
-    arch, sparse_opts, workload, mapping = (Path(p).expanduser() for p in (arch, sparse_opts, workload, mapping))
+    arch, sparse_opts, workload, mapping = (expand_user(p) for p in (arch, sparse_opts, workload, mapping))
     if ert is None and find_tables and (arch.parent / "ERT.yaml").is_file():
         ert = arch.parent / "ERT.yaml"
     if art is None and find_tables and (arch.parent / "ART.yaml").is_file():
         art = arch.parent / "ART.yaml"
     files = {"architecture": arch, "sparse_optimizations": sparse_opts, "problem": workload, "mapping": mapping}
     if ert is not None:
-        files["ERT"] = Path(ert).expanduser()
+        files["ERT"] = expand_user(ert)
     if art is not None:
-        files["ART"] = Path(art).expanduser()
+        files["ART"] = expand_user(art)
     docs = {key: load_yaml(path, FILE_KINDS[key][0]) for key, path in files.items()}
     check_order(docs, files)
     names = {"arch": arch.name, "sparse": sparse_opts.name, "workload": workload.name, "mapping": mapping.name,

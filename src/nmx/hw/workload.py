@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nmx.errors import InputError, NmxError
-from nmx.io import read_json
+from nmx.io import expand_user, read_json
 from nmx.model.layers import DEFAULT_TARGETS
 
 BF16_BYTES = 2
@@ -361,7 +361,7 @@ def resolve_model(model: str | ModelShape | Path | dict) -> tuple[ModelShape, Co
     key = str(model)
     if key in PRESETS:
         return PRESETS[key], None
-    path = Path(key).expanduser()
+    path = expand_user(key)
     if (path / "result.json").exists():
         return _from_result(path)
     if path.is_file() or (path / "config.json").exists():

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from nmx.errors import InputError
-from nmx.io import atomic_dir, cache_dir, read_text
+from nmx.io import expand_user, atomic_dir, cache_dir, read_text
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def _load(spec: str) -> LoadedModel:
         raise InputError(f"no model given (the name is empty); {_GIVE}")
     if spec in BUILTIN:
         return _builtin_smollm2()
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     kind = _kind_of(path)
     if kind == "dir":
         if not (path / "config.json").is_file():

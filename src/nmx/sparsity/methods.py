@@ -132,6 +132,10 @@ class ScoreMethod:
     name: ClassVar[str]
     needs: ClassVar[str]
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raises InputError for options a recipe may not give this method (it takes none)."""
+        _no_options(self.name, options)
+
     def scores(self, weight: torch.Tensor, stats: LayerStats | None = None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -176,6 +180,22 @@ class SparseGPT:
     name: ClassVar[str] = "sparsegpt"
     needs: ClassVar[str] = "hessian"
     options: ClassVar[tuple[str, ...]] = ("blocksize", "percdamp", "mask", "quantizer", "quant_group")
+    #: what a recipe's `sparsity.options` may set (the rest are filled in by nmx.model.compress)
+    recipe_options: ClassVar[tuple[str, ...]] = ("blocksize", "percdamp", "joint_quant")
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raises InputError for a recipe option sparsegpt does not take or a value it cannot use,
+        so a recipe fails when it loads, not after calibration."""
+        unknown = sorted(set(options) - set(self.recipe_options))
+        if unknown:
+            raise InputError(f"sparsegpt: unknown option(s) {unknown}; a recipe may set {list(self.recipe_options)}")
+        b, d, j = options.get("blocksize", 1), options.get("percdamp", 0.0), options.get("joint_quant", True)
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise InputError(f"sparsegpt: blocksize must be a positive integer, got {b!r}")
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < float("inf"):
+            raise InputError(f"sparsegpt: percdamp must be a finite number >= 0, got {d!r}")
+        if not isinstance(j, bool):
+            raise InputError(f"sparsegpt: joint_quant must be true or false, got {j!r}")
 
     def prune(
         self,
