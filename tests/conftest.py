@@ -25,3 +25,25 @@ def assert_bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> None:
 def _seeded():
     """Every test sees the same torch random stream: a failure reproduces."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Llama + tokenizer folder (tests/model/conftest.py's), loadable as a local HF model."""
+    from tests.model.conftest import char_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """A small text file (tests/model/conftest.py's pangrams)."""
+    from tests.model.conftest import TEXT
+
+    path = tmp_path_factory.mktemp("text") / "pangrams.txt"
+    path.write_text(TEXT)
+    return path
+

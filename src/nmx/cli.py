@@ -135,20 +135,26 @@ def demo(
                                       help="Calibration windows (of 512 tokens) for Wanda."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """The co-design study on SmolLM2-135M: N:M sparsity and MXFP4 against perplexity and bits."""
+    """The co-design study on SmolLM2-135M: N:M sparsity and MXFP4 against perplexity, bits and decode cost."""
     from nmx.demo import study
 
     with _Progress() as progress:
         rows = study(out, windows=windows, calib_samples=calib_samples, progress=progress, overwrite=overwrite)
     from rich.table import Table
 
-    t = Table(title=f"co-design study: smollm2-135m, WikiText-2, {windows} windows of 2048 tokens")
-    for col in ("configuration", "perplexity", "bits/weight", "weight sparsity"):
+    t = Table(title=f"co-design study: smollm2-135m, WikiText-2, {windows} windows of 2048 tokens; "
+                    "one decode step (batch 1, 2048 cached) priced per target")
+    targets = list(rows[0]["decode"])
+    for col in ("configuration", "perplexity", "bits/weight", "weight sparsity",
+                *[f"{n} ms" + (" / mJ" if rows[0]["decode"][n]["energy_pj"] is not None else "") for n in targets]):
         t.add_column(col, justify="left" if col == "configuration" else "right")
     for r in rows:
-        t.add_row(r["config"], f"{r['perplexity']:.3f}", f"{r['bits_per_weight']:.3f}", f"{r['weight_sparsity']:.3f}")
+        t.add_row(r["config"], f"{r['perplexity']:.3f}", f"{r['bits_per_weight']:.3f}", f"{r['weight_sparsity']:.3f}",
+                  *[f"{c['latency_s'] * 1e3:.3f}" + (f" / {c['energy_pj'] * 1e-9:.3g}" if c["energy_pj"] is not None
+                                                     else "") for c in (r["decode"][n] for n in targets)])
     console.print(t)
-    typer.echo(f"wrote {out}/study.md, {out}/perplexity_vs_bits.png and one result folder per configuration")
+    typer.echo(f"wrote {out}/study.md, {out}/perplexity_vs_bits.png, {out}/perplexity_vs_latency.png and one result "
+               "folder per configuration")
     typer.echo(rows[0]["result"]["model"]["notes"][0] if rows[0]["result"]["model"]["notes"] else "")
 
 
@@ -192,6 +198,16 @@ def _run_and_print(recipe, out, save_model: bool, as_json: bool, overwrite: bool
     typer.echo(f"perplexity {result['perplexity']:.4f} on {result['protocol']['tokens_scored']} tokens, "
                f"weight sparsity {result['weight_sparsity']:.4f}, {result['bits_per_weight']:.4f} bits/weight, "
                f"{result['wall_s']:.0f} s{out_note}")
+    if k := result.get("kernels"):
+        ref = (f" (bf16 fake quant {k['reference_perplexity']:.4f}, relative difference "
+               f"{k['relative_difference']:.1e}, bound {k['bound']:.1e})") if k.get("reference_perplexity") else ""
+        typer.echo(f"through nmx.kernels ({k['backend']}): perplexity {k['perplexity']:.4f}{ref}; "
+                   f"{k['converted_layers']} layers packed, {k['left_as_linear']} left as nn.Linear")
+    if hw := result.get("hardware"):
+        from nmx.hw.pricing import summary_lines
+
+        for line in summary_lines(hw):
+            typer.echo(f"  {line}")
 
 
 OUT_HELP = "Output folder for result.json, report.md and recipe.yaml (new, empty, or --overwrite)."
@@ -212,11 +228,17 @@ def run_cmd(
     save_model: bool = typer.Option(False, "--save-model", help=SAVE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    kernels: bool = typer.Option(False, "--kernels", help="Also score the model through nmx.kernels (packed "
+                                 "weights, bf16; the CPU reference twin without a CUDA GPU) beside the bf16 "
+                                 "fake-quant model; same as the recipe's `kernels: true`."),
 ) -> None:
     """Run a recipe: prune / quantize a model and measure its perplexity."""
     from nmx.recipe import load_recipe
 
-    _run_and_print(load_recipe(recipe_path, overrides), out, save_model, as_json, overwrite)
+    recipe = load_recipe(recipe_path, overrides)
+    if kernels and recipe.kernels is None:
+        recipe = load_recipe(base={**recipe.as_dict(), "kernels": True})
+    _run_and_print(recipe, out, save_model, as_json, overwrite)
 
 
 @app.command("eval")
@@ -327,6 +349,80 @@ def _register_hw() -> None:
 
 _register_hw()
 
+
+def _register_sweep() -> None:
+    from nmx.sweep.cli import register  # `nmx sweep`: recipes x hardware on Ray (nmx/sweep/)
+
+    register(app)
+
+
+_register_sweep()
+
+bench_app = typer.Typer(help="Timings of whole models (needs a CUDA GPU).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("decode")
+def bench_decode_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    config: Optional[str] = typer.Option(None, "--config", metavar="NAME", help="A random-weight model of a named "
+                                         "shape instead (no download): llama-2-7b, llama-3-8b, smollm2-135m, tiny."),
+    recipe_path: Optional[Path] = typer.Option(None, "--recipe", metavar="RECIPE",
+                                               help="Recipe whose compression is timed against bf16."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", metavar="RUN_DIR",
+                                           help="A `nmx run --save-model` folder to time against bf16."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="FORMAT",
+                                          help="Instead of a recipe: a weight format the kernels read."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="With --weights: 2:4 (magnitude pruning)."),
+    batch: str = typer.Option("1,16", "--batch", metavar="B,B,...", help="Batch sizes (sequences per step)."),
+    context: int = typer.Option(2048, "--context", min=1, help="Tokens already in the cache."),
+    tokens: int = typer.Option(128, "--tokens", min=1, help="Decode steps timed."),
+    mode: str = typer.Option("auto", "--mode", help="graph (one step in a CUDA graph; auto on a GPU), compile "
+                             "(torch.compile, then a CUDA graph; minutes per model and batch) or eager."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.json", help="Also write the record as JSON."),
+    allow_cpu: bool = typer.Option(False, "--allow-cpu", help="Without a GPU: a slow eager smoke run on the CPU."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    """Decode tokens/s of a model's own forward (static cache, CUDA graph): bf16 vs compressed, one run."""
+    from nmx.errors import InputError
+    from nmx.io import OutputFile
+    from nmx.kernels.decode_bench import bench_decode, quick_recipe
+    from nmx.recipe import load_recipe
+
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise InputError(f"--batch takes comma-separated integers (e.g. 1,16), got {batch!r}") from None
+    if weights or pattern:
+        if recipe_path or run_dir:
+            raise InputError("give --weights/--pattern, --recipe or --run, not several")
+        recipe = quick_recipe(weights, pattern)
+    else:
+        recipe = load_recipe(recipe_path) if recipe_path else None
+    target = OutputFile(out, "--out", (".json",)) if out else None
+    with target if target is not None else _nothing() as tmp:
+        record = bench_decode(model, config, recipe, run_dir, batches, context, tokens, mode, allow_cpu,
+                              progress=lambda msg: typer.echo(msg, err=True))
+        if tmp is not None:
+            from nmx.io import write_json_atomic
+
+            write_json_atomic(tmp, _json_safe(record))
+    if as_json:
+        _print_json(record)
+        return
+    for r in record["rows"]:
+        extra = f", {r['speedup_vs_bf16']:.2f}x bf16" if "speedup_vs_bf16" in r else ""
+        frac = f", {100 * r['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth" \
+            if "fraction_of_copy_bandwidth" in r else ""
+        typer.echo(f"{r['variant']:>10}  batch {r['batch']:>3}  {r['ms_per_step']:8.3f} ms/step  "
+                   f"{r['tokens_per_s']:10.1f} tokens/s{extra}{frac}  ({r['mode']})")
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
 MULTI_VALUE = ("--density", "--sparsity", "--value-bits")
 
 
@@ -362,6 +458,7 @@ def _setup_logging() -> None:
     # transformers' per-tensor "Loading weights" bars would sit between nmx's one-line messages;
     # transformers reads this when it is imported (later, by the command that needs it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF conversion's bar (plain tqdm)
     if "transformers" in sys.modules:  # already imported (nmx used as a library, tests)
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 

@@ -196,6 +196,70 @@ class KVCacheSection(Strict):
         return KVPolicy.from_dict(d)
 
 
+class Kernels(Strict):
+    """`kernels:` (or `nmx run --kernels`) — after the fake-quant evaluation, pack the compressed weights for
+    nmx.kernels (`nmx.kernels.convert_recipe`), cast the model to bf16 and score it again through them; with
+    `check`, also score the fake-quant model in bf16 (the agreement reference). `kernels: true` = defaults."""
+
+    #: what `nmx.kernels.linear` runs: auto (the dispatcher), gemv, tc, dense or reference
+    backend: Literal["auto", "gemv", "tc", "triton", "dense", "reference"] = "auto"
+    check: bool = True
+    #: tokens per forward in the kernels' evaluation (1 = token by token: the one-token kernel on a GPU);
+    #: default: the evaluation protocol's (whole windows, or kv_cache.chunk)
+    chunk: Optional[int] = Field(None, ge=1)
+    #: refuse a layer the layout cannot take (K not a multiple of 64 or of the block) instead of leaving it
+    strict: bool = False
+
+
+def _default_target() -> str:
+    from nmx.hw.targets import DEFAULT_TARGET
+
+    return DEFAULT_TARGET
+
+
+class HardwarePhase(Strict):
+    """One step to price: `{phase: prefill, tokens: L}` (a prompt of L tokens) or
+    `{phase: decode, context: C}` (one token with C cached), for `batch` sequences."""
+
+    phase: Literal["prefill", "decode"]
+    tokens: Optional[int] = Field(None, ge=1, le=2**31 - 1)
+    context: Optional[int] = Field(None, ge=0, le=2**31 - 1)
+    batch: int = Field(1, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "HardwarePhase":
+        from nmx.hw.pricing import Phase
+
+        as_value_error(lambda p: Phase(p.phase, p.batch, p.tokens, p.context), self)
+        return self
+
+
+class Hardware(Strict):
+    """`hardware:` — price the compressed model on these targets (preset names, see `nmx hw targets`, or
+    YAML files of kind gpu / accelerator / timeloop, relative to the working folder) at these phases
+    (default: a prefill of evaluation.seq_len tokens and decode steps at that context, batch 1 and 16).
+    `gpu_impl`: the kernels GPU targets are priced with (pytorch, ideal or nmx; see nmx.hw.gpu)."""
+
+    targets: list[str] = Field(default_factory=lambda: [_default_target()], min_length=1)
+    phases: list[HardwarePhase] = Field(default_factory=list)
+    gpu_impl: Literal["pytorch", "ideal", "nmx"] = "pytorch"
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, v: list[str]) -> list[str]:
+        from nmx.hw.pricing import resolve
+
+        as_value_error(resolve, v)  # names and files checked (and files read) now, not after the model ran
+        return v
+
+    @model_validator(mode="after")
+    def _targets_take_the_impl(self) -> "Hardware":
+        from nmx.hw.pricing import resolve
+
+        as_value_error(lambda t: resolve(t, self.gpu_impl), self.targets)
+        return self
+
+
 class Recipe(Strict):
     model: str = DEFAULT_MODEL
     #: "auto" (a CUDA GPU where there is one, else the CPU), "cpu", "cuda" or "cuda:N"
@@ -205,6 +269,26 @@ class Recipe(Strict):
     quantization: Optional[Quantization] = None
     evaluation: Evaluation = Field(default_factory=Evaluation)
     kv_cache: Optional[KVCacheSection] = None
+    kernels: Optional[Kernels] = None
+    hardware: Optional[Hardware] = None
+
+    @field_validator("kernels", mode="before")
+    @classmethod
+    def _kernels_flag(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels_read_the_format(cls, v: Optional[Kernels], info: Any) -> Optional[Kernels]:
+        qz = info.data.get("quantization")
+        if v is not None and qz is not None and qz.weights:
+            from nmx.kernels.layout import kernel_format
+
+            try:
+                kernel_format(qz.weights)
+            except NmxError as err:
+                raise ValueError(f"{err} (quantization.weights)") from None
+        return v
 
     @field_validator("device")
     @classmethod
@@ -319,6 +403,7 @@ def load_recipe(
     except RecursionError:
         raise InputError(f"{where}: nested too deeply to be a recipe") from None
     _check_kv_context(recipe, tree, where)
+    _check_hardware(recipe, tree, where)
     return recipe
 
 
@@ -331,3 +416,14 @@ def _check_kv_context(recipe: Recipe, tree: Any, where: str) -> None:
     except NmxError as err:
         line = _line_of(tree, ("kv_cache", "quant", "residual")) if tree is not None else None
         raise InputError(f"{where}{f' line {line}' if line else ''}: kv_cache.{err}") from None
+
+
+def _check_hardware(recipe: Recipe, tree: Any, where: str) -> None:
+    """hardware: targets that cannot price the recipe's phases or formats (nmx.hw.pricing.check_recipe)."""
+    from nmx.hw.pricing import check_recipe
+
+    try:
+        check_recipe(recipe)
+    except NmxError as err:
+        line = _line_of(tree, ("hardware", "targets")) if tree is not None else None
+        raise InputError(f"{where}{f' line {line}' if line else ''}: hardware.targets: {err}") from None

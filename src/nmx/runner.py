@@ -75,6 +75,7 @@ def check_texts(recipe: Recipe) -> dict[str, Any]:
 def _run(recipe: Recipe, texts: dict[str, Any], progress: Progress | None, loaded: Any | None,
          keep_model: bool) -> dict:
     t0 = time.perf_counter()
+    caller_loaded = loaded is not None
     loaded = loaded if loaded is not None else load_model(recipe.model, recipe.device)
     warn_context(loaded, recipe)
     check_kv_cache(loaded, recipe)
@@ -84,6 +85,12 @@ def _run(recipe: Recipe, texts: dict[str, Any], progress: Progress | None, loade
                       (lambda i, n: progress("evaluating", i, n)) if progress else None)
     layers = record.pop("layers")
     masks = record.pop("masks")
+    kernels = None
+    if recipe.kernels is not None:  # perplexity again, through nmx.kernels (nmx/kernels/evaluate.py)
+        from nmx.kernels.evaluate import evaluate_kernels
+
+        kernels = evaluate_kernels(loaded, recipe, texts["evaluation"], masks, result["perplexity"], progress,
+                                   restore=keep_model or caller_loaded)
     out_record: dict[str, Any] = {
         "perplexity": result["perplexity"],
         "eval_tokens": result["eval_tokens"],
@@ -100,7 +107,18 @@ def _run(recipe: Recipe, texts: dict[str, Any], progress: Progress | None, loade
         "versions": versions(),
         "layers": layers,
     }
+    if kernels is not None:
+        out_record["kernels"] = kernels
+    out_record["hardware"] = price_hardware(out_record, recipe)
     return {"result": out_record, "loaded": loaded, "masks": masks}
+
+
+def price_hardware(record: dict, recipe: Recipe) -> dict:
+    """The run's `hardware` block: its workload (from the record: shapes, real storage, the whole KV
+    policy) priced on the recipe's targets and phases, or the default (nmx.hw.pricing)."""
+    from nmx.hw.pricing import price_result
+
+    return price_result(record, recipe)
 
 
 def warn_context(loaded: Any, recipe: Recipe) -> None:
@@ -212,6 +230,19 @@ def _kv_text(kv: dict | None) -> str:
     return ", ".join(parts or [f"uncompressed ({kv.get('full_precision')})"])
 
 
+def _kernels_text(k: dict) -> str:
+    ref = (f"; bf16 fake quant {k['reference_perplexity']:.4f}, relative difference {k['relative_difference']:.2e} "
+           f"(bound {k['bound']:.1e})") if k.get("reference_perplexity") else ""
+    return (f"- through nmx.kernels ({k['backend']}, {k['converted_layers']} layers packed, {k['left_as_linear']} left "
+            f"as nn.Linear): perplexity **{k['perplexity']:.4f}** in bf16{ref}")
+
+
+def _hardware_lines(block: dict) -> list[str]:
+    from nmx.hw.pricing import markdown
+
+    return markdown(block)
+
+
 def report_markdown(r: dict) -> str:
     rec, p = r["recipe"], r["protocol"]
     sp, q = rec.get("sparsity"), rec.get("quantization")
@@ -228,6 +259,7 @@ def report_markdown(r: dict) -> str:
         f"- KV cache: {_kv_text(rec.get('kv_cache'))}; {r.get('kv_bytes_per_token') or 0:.1f} bytes per token "
         "(all layers, K and V)",
         f"- wall time: {r['wall_s']:.1f} s",
+        *([_kernels_text(r["kernels"])] if r.get("kernels") else []),
         "",
         "## Protocol",
         "",
@@ -237,6 +269,7 @@ def report_markdown(r: dict) -> str:
         "",
         *[f"- {n}" for n in r["model"]["notes"] or ["none"]],
         "",
+        *(_hardware_lines(r["hardware"]) if r.get("hardware") else []),
         "## Layers",
         "",
         "| layer | shape | sparsity | storage | bits/weight |",

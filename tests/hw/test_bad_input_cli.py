@@ -213,15 +213,20 @@ def test_explore_results_needs_real_result_folders(tmp_path, capsys, monkeypatch
     one_line_error(["explore", "--accel", ACCEL, "--results", folder], capsys, monkeypatch, phrase)
 
 
-def test_a_cache_that_evicts_without_quantizing_is_priced_at_the_dense_kv_format(tmp_path, capsys, monkeypatch):
+def test_a_cache_that_evicts_without_quantizing_is_priced_at_its_budget(tmp_path, capsys, monkeypatch):
+    """Issue 13: an evict-only cache once crashed `nmx hw llm` (AttributeError), then was priced as if it
+    held every token. Oracle: 512 kept of 2048 tokens seen, at the dense bf16 bytes per token."""
     evict = {"quant": None, "evict": {"method": "streaming", "sinks": 4, "budget": 512}, "merge": None}
     folder = _result(tmp_path / "evict", _edit(recipe__kv_cache=evict))
     dense = _result(tmp_path / "dense", _good_result())
     code, out, err = one_line_error(["hw", "llm", "--model", folder, "--json"], capsys, monkeypatch, codes=(0,))
     cost = json.loads(out)
     _, out_dense, _ = one_line_error(["hw", "llm", "--model", dense, "--json"], capsys, monkeypatch, codes=(0,))
-    assert "KV bf16" in cost["compression"]
-    assert cost["kv_bytes_per_token"] == json.loads(out_dense)["kv_bytes_per_token"]
+    assert "KV bf16" in cost["compression"] and "streaming eviction to 512 tokens" in cost["compression"]
+    dense_cost = json.loads(out_dense)
+    assert cost["context"] == dense_cost["context"] == 2048
+    assert cost["kv_bytes_per_token"] == dense_cost["kv_bytes_per_token"] * 512 / 2048
+    assert cost["kv_kept_tokens"] == 512 and cost["kv_cache_bytes"] == 512 * dense_cost["kv_bytes_per_token"]
     one_line_error(["hw", "accel", "--accel", ACCEL, "--model", folder], capsys, monkeypatch, codes=(0,))
     code, out, _ = one_line_error(["explore", "--accel", ACCEL, "--results", folder, "--json"], capsys, monkeypatch,
                                   codes=(0,))

@@ -3,7 +3,6 @@ the real model code paths, in milliseconds, with no download."""
 
 import string
 
-import pytest
 import torch
 
 TEXT = (
@@ -30,19 +29,3 @@ def tiny_llama(seed: int = 0, layers: int = 2):
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A saved tiny Llama + tokenizer folder, loadable as a local HF model."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama().save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "pangrams.txt"
-    path.write_text(TEXT)
-    return path

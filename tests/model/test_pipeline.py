@@ -218,3 +218,22 @@ def test_a_run_folder_is_priced_with_its_real_storage(tiny_model_dir, text_file,
     assert sparse_row["perplexity"] == r["perplexity"]
     # the tiny model is mostly embedding and LM head (untargeted): fewer bytes, not 5x fewer
     assert sparse_row["dram_bytes"] < dense_row["dram_bytes"] and sparse_row["energy_pj"] < dense_row["energy_pj"]
+
+
+def test_the_cache_goes_under_the_keyword_the_model_takes():
+    """transformers >= 5.2x calls it `cache`, earlier `past_key_values`; a wrong name is silently dropped."""
+    from nmx.model.layers import with_cache
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None, **kwargs):
+            return cache
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs):
+            return past_key_values
+
+    marker = object()
+    for model in (New(), Old(), tiny_llama()):
+        kw = with_cache(model, marker)
+        assert kw["use_cache"] is True and marker in kw.values()
+    assert New()(None, **with_cache(New(), marker)) is marker and Old()(None, **with_cache(Old(), marker)) is marker

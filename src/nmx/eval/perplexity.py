@@ -21,6 +21,7 @@ import torch
 
 from nmx.errors import InputError
 from nmx.eval.text import Text
+from nmx.model.layers import with_cache
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def window_nll(model: Any, window: torch.Tensor, cache: Any = None, chunk: int |
     if cache is None:
         logits = model(window.unsqueeze(0)).logits[0, :-1].float()
     else:
-        step = chunk or window.numel()
-        parts = [model(window[i:i + step].unsqueeze(0), cache=cache, use_cache=True).logits[0].float()
+        step, kw = chunk or window.numel(), with_cache(model, cache)
+        parts = [model(window[i:i + step].unsqueeze(0), **kw).logits[0].float()
                  for i in range(0, window.numel(), step)]
         logits = torch.cat(parts)[:-1]
     return float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").double())

@@ -248,8 +248,12 @@ def problems_from_workload(workload: Any) -> list[Problem]:
             kv = op.kv_len - (op.q_len - 1) / 2 if op.causal else op.kv_len  # mean visible keys (causal)
             kv = max(1, int(round(kv)))
             cnt = op.count * op.batch * op.heads_kv
-            kvb = (formats.get(op.kv_format).storage_bytes((kv, op.head_dim)) if op.kv_format
-                   else kv * op.head_dim * 2.0)
+            if op.kv_bytes_read:  # a decode step: the cache's bytes as the workload counts them (its KV
+                # policy's real layout) plus the new token, per sequence, KV head and tensor (K or V)
+                kvb = (op.kv_bytes_read + op.kv_bytes_written) / (2 * op.batch * op.heads_kv)
+            else:
+                kvb = (formats.get(op.kv_format).storage_bytes((kv, op.head_dim)) if op.kv_format
+                       else kv * op.head_dim * 2.0)
             out.append(gemm_problem(op.q_len * g, kv, op.head_dim, weights=op.kv_format, count=cnt,
                                     name=f"{op.name}.qk", weight_bytes=kvb))
             out.append(gemm_problem(op.q_len * g, op.head_dim, kv, weights=op.kv_format, count=cnt,
@@ -609,7 +613,8 @@ def evaluate(design: Any, work: Any, per_op: bool = False) -> AccelResult:
         if per_op:
             rows.append({"name": prob.name, "count": c, "kind": "gemm" if isinstance(prob, Gemm) else "vector",
                          "cycles": c * r["cycles"], "energy_pj": c * sum(r[f"e_{k}"] for k in ENERGY_PARTS),
-                         "dram_bytes": c * r["dram"]})
+                         "dram_bytes": c * r["dram"], "compute_cycles": c * r["compute"],
+                         "glb_cycles": c * r["glb_cyc"], "dram_cycles": c * r["dram_cyc"]})
     shape = d.shape
 
     def b(x: Any) -> np.ndarray:

@@ -3,6 +3,7 @@
     nmx explore --accel examples/hw/uspe_16x16_ws.yaml --sweep pe_rows=8,16,32 --sweep nm=none,2:4 \\
         --model llama-2-7b --phase decode --plot front.png --json
     nmx explore --results runs/dense runs/2of4 --accel examples/hw/nm24_16x16_ws.yaml --plot ppl.png
+    nmx explore --results runs/dense runs/2of4 --target h200 --batch 16      # any target: a GPU too
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explore")
     def explore_cmd(
-        accel: Path = typer.Option(..., "--accel", metavar="FILE.yaml",
-                                   help="The base accelerator YAML (see examples/hw/)."),
+        accel: Optional[Path] = typer.Option(None, "--accel", metavar="FILE.yaml",
+                                             help="The base accelerator YAML (see examples/hw/)."),
+        target: Optional[str] = typer.Option(None, "--target", metavar="NAME_OR_YAML",
+                                             help="With --results: any hardware target instead of --accel: a "
+                                                  "preset (nmx hw targets, e.g. h200) or a YAML file of kind gpu, "
+                                                  "accelerator or timeloop."),
+        impl: str = typer.Option("pytorch", "--impl", metavar="IMPL",
+                                 help="Kernels a GPU --target is priced with: pytorch, ideal or nmx."),
         sweep: List[str] = typer.Option([], "--sweep", metavar="KEY=V1,V2,...",
                                         help="Values of one design parameter (repeat for more); e.g. pe_rows=8,16,32, "
                                         "glb_kb=64,256, dram_gb_s=50,100, nm=none,2:4,1:4|2:4|3:4, dataflow=ws,os,is, "
@@ -64,7 +71,7 @@ def register(app: typer.Typer) -> None:
         out = _plot_output(plot)  # decided now: a bad --plot fails before any work
         try:
             _explore(accel, sweep, list(results) + list(more_results or []), workload, model, gemm, phase, batch,
-                     context, tokens, weights, activations, pattern, kv_format, top, plot, out, as_json)
+                     context, tokens, weights, activations, pattern, kv_format, top, plot, out, as_json, target, impl)
         finally:
             if out is not None:
                 out.abort()  # removes the temporary file unless the figure was written
@@ -82,31 +89,42 @@ def _plot_output(plot: Optional[Path]) -> Any:
 def _explore(accel: Path, sweep: list[str], dirs: list[Path], workload: Optional[Path], model: Optional[str],
              gemm: Optional[str], phase: str, batch: int, context: int, tokens: int, weights: Optional[str],
              activations: Optional[str], pattern: Optional[str], kv_format: Optional[str], top: int,
-             plot: Optional[Path], out: Any, as_json: bool) -> None:
+             plot: Optional[Path], out: Any, as_json: bool, target: Optional[str] = None,
+             impl: str = "pytorch") -> None:
     from nmx.hw import explore as ex
     from nmx.hw.accel_spec import load_accel
 
-    spec = load_accel(accel)
+    if (accel is None) == (target is None):
+        raise InputError("give --accel FILE.yaml (a design to sweep or price) or --target NAME_OR_YAML (with "
+                         "--results), one of them" if accel is None else "give --accel or --target, not both")
+    if target is not None and not dirs:
+        raise InputError("--target prices `nmx run` result folders: give --results RESULT_DIR...; design sweeps "
+                         "take --accel")
     if dirs:
         if sweep:
             raise InputError("--results joins accuracy with one design: drop --sweep (or explore separately)")
         if any(x is not None for x in (workload, model, gemm)):
             raise InputError("--results takes the workload from each result folder: drop --workload/--model/--gemm")
-        rows = ex.accuracy_vs_cost(dirs, spec, phase=phase, batch=batch, context=context, tokens=tokens)
+        from nmx.hw.targets import get_target
+
+        tgt = get_target(load_accel(accel) if accel is not None else target, impl)
+        rows = ex.accuracy_vs_cost(dirs, tgt, phase=phase, batch=batch, context=context, tokens=tokens)
         if out is not None:
             ex.plot_accuracy(rows, out)
         if as_json:
-            typer.echo(json.dumps({"accel": spec.name, "rows": rows, "plot": str(plot) if plot else None},
-                                  indent=2))
+            typer.echo(json.dumps({"target": tgt.name, "kind": tgt.kind, **({"accel": tgt.name} if accel else {}),
+                                   "rows": rows, "plot": str(plot) if plot else None}, indent=2))
             return
-        typer.echo(f"perplexity vs cost on {spec.name} ({phase}, batch {batch}, context {context})")
+        typer.echo(f"perplexity vs cost on {tgt.name} ({phase}, batch {batch}, context {context})")
         typer.echo(f"{'result':<28} {'perplexity':>11} {'latency ms':>11} {'energy mJ':>10}  recipe")
         for r in rows:
+            energy = "-" if r["energy_pj"] is None else f"{r['energy_pj'] * 1e-9:.4g}"
             typer.echo(f"{r['label']:<28} {r['perplexity']:>11.4f} {r['latency_s'] * 1e3:>11.4g} "
-                       f"{r['energy_pj'] * 1e-9:>10.4g}  {r['recipe']}")
+                       f"{energy:>10}  {r['recipe']}")
         if plot is not None:
             typer.echo(f"wrote {plot}")
         return
+    spec = load_accel(accel)
     from nmx.hw.cli_accel import build_work
 
     work, what = build_work(workload, model, gemm, phase, batch, context, tokens, weights, activations,

@@ -62,24 +62,43 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _gpu(target: str, impl: str) -> Any:
+    """The GpuTarget of a preset name or a `kind: gpu` YAML file."""
+    from nmx.hw.gpu import PRESETS, get_target as gpu_preset
+    from nmx.hw.targets import get_target, preset_names
+
+    if target in PRESETS:
+        return PRESETS[target]
+    if target not in preset_names() and Path(target).suffix.lower() not in (".yaml", ".yml"):
+        return gpu_preset(target)  # one line: unknown GPU target, with the presets
+    t = get_target(target, impl)
+    if t.kind != "gpu":
+        raise InputError(f"--target {target}: {t.name} is {'an' if t.kind[0] in 'aeiou' else 'a'} {t.kind}; "
+                         "nmx hw llm prices GPUs (an accelerator design: nmx hw accel)")
+    return t.gpu
+
+
 def register(hw_app: typer.Typer) -> None:
     """Add `nmx hw targets | gemm | attention | llm`."""
 
     @hw_app.command("targets")
     def targets(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-        """The GPU targets: peaks, bandwidth, calibration and sources."""
-        from nmx.hw.gpu import PRESETS
+        """The hardware targets a recipe can name: GPU presets (peaks, bandwidth, calibration) and the
+        packaged accelerator designs; any other target is a YAML file (see examples/hardware/)."""
+        from nmx.hw.targets import list_targets
 
-        rows = [{"name": t.name, "sms": t.sms, "bandwidth_bytes_per_s": t.bandwidth_bytes_per_s,
-                 "peak_flops": t.peak_flops, "sparse_24": t.sparse_24, "calibration": t.calibration,
-                 "source": t.source} for t in PRESETS.values()]
+        rows = list_targets()
         if as_json:
             _echo_json(rows)
             return
+        gpus = [r for r in rows if r["kind"] == "gpu"]
         _table([{**r, "bandwidth TB/s": r["bandwidth_bytes_per_s"] / 1e12,
                  "bf16 TFLOP/s": r["peak_flops"].get("bf16", 0) / 1e12,
-                 "dtypes": " ".join(r["peak_flops"])} for r in rows],
-               ("name", "sms", "bandwidth TB/s", "bf16 TFLOP/s", "dtypes", "calibration"))
+                 "dtypes": " ".join(r["peak_flops"])} for r in gpus],
+               ("name", "bandwidth TB/s", "bf16 TFLOP/s", "dtypes", "calibration"))
+        _table([{**r, "array": "x".join(map(str, r["pe_array"])), "DRAM GB/s": r["dram_gb_s"]}
+                for r in rows if r["kind"] == "accelerator"],
+               ("name", "pe_kind", "array", "dataflow", "tech_nm", "clock_ghz", "glb_kb", "DRAM GB/s"))
 
     @hw_app.command("gemm")
     def gemm_cmd(
@@ -160,7 +179,8 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("llm")
     def llm_cmd(
-        target: str = typer.Option("h100-sxm", "--target", metavar="NAME", help="GPU preset (nmx hw targets)."),
+        target: str = typer.Option("h100-sxm", "--target", metavar="NAME_OR_YAML",
+                                   help="GPU preset (nmx hw targets) or a GPU YAML file (kind: gpu)."),
         model: str = typer.Option("llama-2-7b", "--model", metavar="NAME_OR_DIR",
                                   help="Preset, HF config.json / folder, or an nmx run folder."),
         phase: str = typer.Option("decode", "--phase", metavar="PHASE", help="prefill or decode."),
@@ -190,9 +210,11 @@ def register(hw_app: typer.Typer) -> None:
         overrides = {k: v for k, v in (("weights", weights), ("activations", activations), ("pattern", sparsity),
                                        ("kv_format", kv_format)) if v is not None}
         if overrides:
+            if kv_format is not None:  # one format for every token replaces the run's KV policy
+                overrides["kv_policy"] = None
             comp = replace(comp, layer_bits=(), **overrides)  # the real per-layer bits no longer apply
         work = llm_workload(model, phase, batch=batch, tokens=tokens, context=context, compression=comp)
-        cost = llm_cost(target, work, impl)
+        cost = llm_cost(_gpu(target, impl), work, impl)
         if as_json:
             _echo_json(cost)
             return

@@ -8,6 +8,7 @@
     ex.rows(ex.pareto)   # their sweep values and costs, as dicts
     plot_pareto(ex, "front.png")
     rows = accuracy_vs_cost(["runs/dense", "runs/2of4"], spec, phase="decode")   # perplexity vs cost
+    rows = accuracy_vs_cost(["runs/dense", "runs/2of4"], "h200")   # on any target (nmx.hw.targets)
 
 The sweep is an open mesh (nmx.hw.accel.grid): every swept parameter varies along its own
 axis and the model broadcasts, so intermediates that depend on few parameters stay small.
@@ -192,12 +193,17 @@ def _plot_pareto(ex: Exploration, out: OutputFile, title: str | None) -> None:
 # ---- accuracy joined with cost --------------------------------------------------------------------
 
 
-def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: str = "decode", batch: int = 1,
-                     context: int = 2048, tokens: int = 2048) -> list[dict[str, Any]]:
+def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: Any, phase: str = "decode", batch: int = 1,
+                     context: int = 2048, tokens: int = 2048, gpu_impl: str = "pytorch") -> list[dict[str, Any]]:
     """One row per `nmx run` result folder: its perplexity and recipe, and the latency / energy of
-    one step of the recipe's workload (the real per-layer storage of its masks) on `spec`."""
+    one step of the recipe's workload (the real per-layer storage of its masks, its whole KV policy)
+    on `spec`: any target of nmx.hw.targets (an AccelSpec, a preset name, a YAML file, a Target).
+    Energy is None on a target without an energy model (a GPU)."""
+    from nmx.hw.targets import get_target
     from nmx.hw.workload import llm_workload, read_result
 
+    target = get_target(spec, gpu_impl)
+    target.check_phase(phase)
     rows = []
     for d in result_dirs:
         d = expand_user(d)
@@ -216,12 +222,16 @@ def accuracy_vs_cost(result_dirs: Sequence[str | Path], spec: AccelSpec, phase: 
                              if "perplexity" in res else f"{f} has no 'perplexity'; give folders written by `nmx run`")
         ppl = float(ppl)
         w = llm_workload(d, phase, batch=batch, context=context, tokens=tokens)
-        r = evaluate(spec, w).point()
-        rows.append({"dir": str(d), "label": d.name, "recipe": w.compression.describe(), "perplexity": ppl,
-                     "bits_per_weight": res.get("bits_per_weight"), "weight_sparsity": res.get("weight_sparsity"),
-                     "latency_s": r["latency_s"], "energy_pj": r["energy_pj"], "area_mm2": r["area_um2"] * 1e-6,
-                     "utilization": r["utilization"], "dram_bytes": r["dram_bytes"], "accel": spec.name,
-                     "phase": phase, "batch": batch, "context": context})
+        c = target.cost(w)
+        row = {"dir": str(d), "label": d.name, "recipe": w.compression.describe(), "perplexity": ppl,
+               "bits_per_weight": res.get("bits_per_weight"), "weight_sparsity": res.get("weight_sparsity"),
+               "target": target.name, "kind": target.kind, "latency_s": c.latency_s,
+               "tokens_per_s": c.tokens_per_s, "energy_pj": c.energy_pj, "bytes": c.bytes, "bound": c.bound,
+               "kv_cache_bytes": c.kv_cache_bytes, "phase": phase, "batch": batch, "context": context}
+        if target.kind == "accelerator":
+            row.update(accel=target.name, area_mm2=c.extra["area_mm2"], utilization=c.extra["utilization"],
+                       dram_bytes=c.bytes)
+        rows.append(row)
     return rows
 
 
@@ -241,9 +251,11 @@ def _plot_accuracy(rows: list[dict[str, Any]], out: OutputFile) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for ax, key, scale, unit in ((axes[0], "latency_s", 1e3, "latency (ms)"),
-                                 (axes[1], "energy_pj", 1e-9, "energy (mJ)")):
+    panels = [("latency_s", 1e3, "latency (ms)")]
+    if rows and all(r["energy_pj"] is not None for r in rows):  # a GPU target has no energy model
+        panels.append(("energy_pj", 1e-9, "energy (mJ)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), squeeze=False)
+    for ax, (key, scale, unit) in zip(axes[0], panels, strict=True):
         xs = [r[key] * scale for r in rows]
         ys = [r["perplexity"] for r in rows]
         ax.scatter(xs, ys, s=30, color="tab:blue")
@@ -253,7 +265,7 @@ def _plot_accuracy(rows: list[dict[str, Any]], out: OutputFile) -> None:
         ax.set_ylabel("perplexity")
         ax.grid(True, alpha=0.3)
     if rows:
-        fig.suptitle(f"accuracy vs cost on {rows[0]['accel']}")
+        fig.suptitle(f"accuracy vs cost on {rows[0]['target']}")
     try:
         _save_fig(fig, out)
     finally:

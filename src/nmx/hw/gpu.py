@@ -274,10 +274,18 @@ def attention(target: str | GpuTarget, batch: int, q_len: int, kv_len: int, head
     causal = q_len > 1 if causal is None else causal
     op = attention_op("attention", batch, q_len, kv_len, heads_q, heads_kv, head_dim, kv_format=kv_format,
                       causal=causal, new_kv=0)
+    return attention_op_latency(t, op)
+
+
+def attention_op_latency(target: str | GpuTarget, op: Any) -> dict[str, Any]:
+    """Fused attention priced on a workload's attention op as it is: its FLOPs (over the tokens the
+    cache kept) and its bytes (the cache's real layout under a KV policy, the fresh K and V, Q and O),
+    with the same roofline as `attention`."""
+    t = get_target(target)
     compute = op.flops / (t.peak("bf16") * t.efficiency("bf16"))
     memory = t.memory_s(op.bytes, "attention")
     return _result(t, t.launch_s, memory, compute, flops=op.flops, bytes=op.bytes, kv_bytes=op.kv_bytes_read,
-                   kv_format=kv_format)
+                   kv_format=op.kv_format)
 
 
 def elementwise(target: str | GpuTarget, kind: str, rows: int, width: int, nbytes: float,
@@ -297,8 +305,7 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
         dtype = native if native and native == native_dtype(op.act_format) and native in t.peak_flops else "bf16"
         return gemm(t, op.m, op.n, op.k, dtype, op.pattern, op.weight_format, impl)
     if op.kind == "attention":
-        return attention(target, op.batch, op.q_len, op.kv_len, op.heads_q, op.heads_kv, op.head_dim,
-                         op.kv_format, op.causal)
+        return attention_op_latency(target, op)
     if op.kind == "embedding":
         return elementwise(target, "embedding", op.m or 1, 0, op.bytes)
     rows = int(op.elements if op.kind == "norm" else 1)

@@ -16,6 +16,10 @@ Byte counts are the minimum an implementation must move through device memory: e
 once, each output written once. Weight bytes come from `nmx.sparsity.storage.weight_storage`
 (values at the format's element bits in the smallest storage for the pattern's density, plus
 index metadata and scales) and KV bytes from `nmx.formats` storage sizes -- never re-derived here.
+With a KV policy (`Compression(kv_policy=nmx.kv.KVPolicy(...))`, what a result folder's recipe
+gives) the cache is the one `nmx.kv.KVCache` keeps: `nmx.hw.kvcache` counts its bytes (quantized
+pages, residual window and sinks in full precision, eviction to a budget, metadata), a decode step
+attends only to the kept tokens, and `Workload.kv_cache_bytes` equals `KVCache.nbytes()`.
 
 Conventions: GEMM (m, n, k) = (tokens, out features, in features); prefill processes `tokens`
 tokens per sequence (M = batch * tokens) with a causal mask; one decode step adds one token per
@@ -139,8 +143,11 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
 @dataclass(frozen=True)
 class Compression:
     """What a recipe does to the step: weight / activation formats on the targeted linears, a
-    sparsity pattern on them, and a KV-cache format. `layer_bits` (from a result folder) gives
-    the real storage of each linear, name -> bits per instance, overriding the estimate."""
+    sparsity pattern on them, and the KV cache: either the whole `nmx.kv.KVPolicy` (`kv_policy`:
+    quantization with its axes, groups, residual window and sinks, eviction to a budget, merging;
+    priced at the bytes that cache keeps, `nmx.hw.kvcache`) or, without a policy, one format for
+    every cached token (`kv_format`, blocks along head_dim). `layer_bits` (from a result folder)
+    gives the real storage of each linear, name -> bits per instance, overriding the estimate."""
 
     weights: str | None = None
     activations: str | None = None
@@ -148,6 +155,7 @@ class Compression:
     targets: tuple[str, ...] = DEFAULT_TARGETS
     kv_format: str | None = None
     layer_bits: tuple[tuple[str, float], ...] = ()
+    kv_policy: Any = None  # an nmx.kv.KVPolicy
 
     def __post_init__(self) -> None:
         from nmx import formats
@@ -158,6 +166,39 @@ class Compression:
                 formats.get(getattr(self, f))  # raises a FormatError naming the bad name
         if self.pattern is not None:
             parse_pattern(self.pattern)
+        if self.kv_policy is not None:
+            from nmx.kv.policy import KVPolicy
+
+            if not isinstance(self.kv_policy, KVPolicy):
+                raise InputError(f"kv_policy must be an nmx.kv.KVPolicy, got {type(self.kv_policy).__name__}")
+            if self.kv_format is not None:
+                raise InputError("give the KV cache as kv_policy (the whole nmx.kv policy) or as kv_format (one "
+                                 "format for every token), not both")
+
+    @property
+    def kv_element_format(self) -> str | None:
+        """The format most cached keys are stored in (None: full precision), for compute models."""
+        q = self.kv_policy.quant if self.kv_policy is not None else None
+        return (q.key_format or q.format) if q is not None else self.kv_format
+
+    def describe_kv(self) -> str:
+        p = self.kv_policy
+        if p is None:
+            return f"KV {self.kv_format or 'bf16'}"
+        parts = []
+        if p.quant is not None:
+            q = p.quant
+            fmt = q.format if not (q.key_format or q.value_format) else \
+                f"K {q.key_format or q.format} / V {q.value_format or q.format}"
+            parts.append(f"KV {fmt} (keys per {q.key_axis}, values per {q.value_axis}, group {q.chunk}, "
+                         f"residual {q.residual}, sinks {q.sinks})")
+        else:
+            parts.append(f"KV {p.full_precision if p.full_precision != 'model' else 'bf16'}")
+        if p.evict is not None:
+            e = p.evict
+            budget = f"{e.budget} tokens" if e.budget is not None else f"{e.budget_bytes} bytes"
+            parts.append(f"{e.method} eviction to {budget}" + (" with merging" if p.merge is not None else ""))
+        return ", ".join(parts)
 
     def targets_layer(self, name: str) -> bool:
         full = f"model.layers.0.{name}"
@@ -165,7 +206,7 @@ class Compression:
 
     def describe(self) -> str:
         parts = [f"weights {self.weights or 'bf16'}", f"sparsity {self.pattern or 'none'}",
-                 f"activations {self.activations or 'bf16'}", f"KV {self.kv_format or 'bf16'}"]
+                 f"activations {self.activations or 'bf16'}", self.describe_kv()]
         return ", ".join(parts)
 
 
@@ -225,14 +266,34 @@ class Workload:
     context: int  # tokens already in the cache before the step
     compression: Compression
     ops: tuple[Op, ...] = field(default=())
+    #: the cache of all layers and sequences: what a decode step reads (after `context` tokens) or
+    #: a prefill leaves (after `tokens`); with a KV policy, `KVCache.nbytes()` at that point
+    kv_cache_bytes: float = 0.0
+    kv_kept_tokens: int = 0  # tokens per sequence that cache holds (the eviction budget caps it)
+    kv_exact: bool = True  # False: an eviction method that scores tokens, estimated (nmx.hw.kvcache)
 
     def total(self, attr: str) -> float:
         return sum(getattr(op, attr) * op.count for op in self.ops)
 
     @property
+    def kv_tokens_seen(self) -> int:
+        """Tokens per sequence that went into the cache at the point `kv_cache_bytes` counts."""
+        return self.tokens if self.phase == "prefill" else self.context
+
+    @property
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token occupies, summed over layers."""
-        return kv_bytes(self.model, 1, self.compression.kv_format) * self.model.layers
+        """KV-cache bytes per token seen, summed over layers (as `KVCache.bytes_per_token()`): the
+        format's bytes per token without a policy; with one, the cache's bytes over the tokens seen
+        (less with eviction; for an empty cache, the bytes of its first token)."""
+        policy = self.compression.kv_policy
+        if policy is None:
+            return kv_bytes(self.model, 1, self.compression.kv_format) * self.model.layers
+        seen = self.kv_tokens_seen
+        if seen == 0:
+            from nmx.hw.kvcache import kv_cache_bytes
+
+            return float(kv_cache_bytes(policy, self.model, 1))
+        return self.kv_cache_bytes / (self.batch * seen)
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model.name, "phase": self.phase, "batch": self.batch, "tokens": self.tokens,
@@ -240,7 +301,8 @@ class Workload:
                 "flops": self.total("flops"), "bytes_read": self.total("bytes_read"),
                 "bytes_written": self.total("bytes_written"), "weight_bytes": self.total("weight_bytes"),
                 "kv_bytes_read": self.total("kv_bytes_read"), "kv_bytes_written": self.total("kv_bytes_written"),
-                "kv_bytes_per_token": self.kv_bytes_per_token}
+                "kv_bytes_per_token": self.kv_bytes_per_token, "kv_cache_bytes": self.kv_cache_bytes,
+                "kv_kept_tokens": self.kv_kept_tokens, "kv_exact": self.kv_exact}
 
 
 def kv_bytes(model: ModelShape, tokens: int, kv_format: str | None) -> float:
@@ -278,9 +340,12 @@ def gemm_op(name: str, m: int, n: int, k: int, count: int = 1, weights: str | No
 
 def attention_op(name: str, batch: int, q_len: int, kv_len: int, heads_q: int, heads_kv: int, head_dim: int,
                  count: int = 1, kv_format: str | None = None, causal: bool = False, new_kv: int | None = None,
-                 model: ModelShape | None = None) -> Op:
+                 model: ModelShape | None = None, kv_read_bytes: float | None = None,
+                 kv_written_bytes: float | None = None) -> Op:
     """softmax(Q K^T / sqrt(d)) V over a cache of kv_len tokens; `new_kv` tokens (default q_len)
-    are appended to the cache. With `causal`, query i sees kv_len - q_len + i + 1 keys."""
+    are appended to the cache. With `causal`, query i sees kv_len - q_len + i + 1 keys.
+    `kv_read_bytes` / `kv_written_bytes` (all `batch` sequences) replace the bytes of `kv_format`
+    where a KV policy's real layout is known (`nmx.hw.kvcache`)."""
     for label, v in (("batch", batch), ("q_len", q_len), ("kv_len", kv_len), ("heads_q", heads_q),
                      ("heads_kv", heads_kv), ("head_dim", head_dim)):
         check_size(f"attention: {label}", v)
@@ -293,8 +358,10 @@ def attention_op(name: str, batch: int, q_len: int, kv_len: int, heads_q: int, h
     pairs = q_len * kv_len - (q_len * (q_len - 1) // 2 if causal else 0)
     flops = 4.0 * batch * heads_q * pairs * head_dim  # QK^T and PV, 2 flops per MAC
     shape = model or ModelShape("attention", heads_q * head_dim, 1, 1, heads_q, heads_kv, head_dim, 1)
-    kv_read = batch * kv_bytes(shape, kv_len - new_kv, kv_format)  # the cache before this step
-    kv_written = batch * kv_bytes(shape, new_kv, kv_format)
+    kv_read = batch * kv_bytes(shape, kv_len - new_kv, kv_format) if kv_read_bytes is None \
+        else float(kv_read_bytes)  # the cache before this step
+    kv_written = batch * kv_bytes(shape, new_kv, kv_format) if kv_written_bytes is None \
+        else float(kv_written_bytes)
     qo = 2.0 * batch * q_len * heads_q * head_dim * BF16_BYTES  # Q read, O written
     new_kv_in = 2.0 * batch * new_kv * heads_kv * head_dim * BF16_BYTES  # fresh K, V from the projections
     return Op(name, "attention", count, flops=flops, bytes_read=qo / 2 + new_kv_in + kv_read,
@@ -328,6 +395,7 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
                          f"(at most {MAX_SIZE:,} tokens in one step or in the cache)")
     m, L, s = batch * q, shape.layers, shape
     real_bits = dict(comp.layer_bits)
+    attention = _attention_with_cache(s, comp, phase, batch, q, ctx)
     ops: list[Op] = [Op("embed_tokens", "embedding", 1, flops=0.0, bytes_read=float(m * s.hidden * BF16_BYTES),
                         bytes_written=float(m * s.hidden * BF16_BYTES))]
     norm = _elementwise("input_layernorm", "norm", L, m, s.hidden, 1, s.hidden, 4.0, "rsqrt")
@@ -338,8 +406,7 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
                            activations=comp.activations if on else None, pattern=comp.pattern if on else None,
                            weight_bits=real_bits.get(name)))
         if name == "self_attn.v_proj":
-            ops.append(attention_op("self_attn.attention", batch, q, ctx + q, s.heads_q, s.heads_kv, s.head_dim,
-                                    L, comp.kv_format, causal=phase == "prefill", model=s))
+            ops.append(attention["op"])
         if name == "self_attn.o_proj":
             ops.append(replace(norm, name="post_attention_layernorm"))
         if name == "mlp.up_proj":
@@ -348,7 +415,41 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     # the LM head scores every position in prefill only where logits are needed; we count the last one
     lm_m = batch
     ops.append(gemm_op("lm_head", lm_m, s.vocab, s.hidden, 1))
-    return Workload(s, phase, batch, q, ctx, comp, tuple(ops))
+    return Workload(s, phase, batch, q, ctx, comp, tuple(ops), kv_cache_bytes=attention["cache_bytes"],
+                    kv_kept_tokens=attention["kept"], kv_exact=attention["exact"])
+
+
+def _attention_with_cache(s: ModelShape, comp: Compression, phase: str, batch: int, q: int, ctx: int
+                          ) -> dict[str, Any]:
+    """The attention op of a step and the cache it reads or leaves. With a KV policy: a decode step
+    attends to the tokens the cache kept (the eviction budget caps them) plus the new one and reads
+    the cache's real bytes; the new token enters the cache in full precision (the residual window,
+    or the tail a later flush quantizes). A prefill attends causally to its fresh tokens and writes
+    the cache they leave. Without a policy every cached token is in `kv_format`."""
+    L, prefill = s.layers, phase == "prefill"
+    policy = comp.kv_policy
+    if policy is None:
+        seen = q if prefill else ctx
+        op = attention_op("self_attn.attention", batch, q, ctx + q, s.heads_q, s.heads_kv, s.head_dim, L,
+                          comp.kv_format, causal=prefill, model=s)
+        return {"op": op, "cache_bytes": L * batch * kv_bytes(s, seen, comp.kv_format), "kept": seen, "exact": True}
+    import torch
+
+    from nmx.hw.kvcache import kv_cache_bytes, kv_cache_layout
+
+    seen = q if prefill else ctx
+    layout = kv_cache_layout(policy, s, seen)
+    cache = kv_cache_bytes(policy, s, seen, batch)
+    fmt = comp.kv_element_format
+    if prefill:
+        op = attention_op("self_attn.attention", batch, q, q, s.heads_q, s.heads_kv, s.head_dim, L, fmt, causal=True,
+                          model=s, kv_read_bytes=0.0, kv_written_bytes=cache / L)
+    else:
+        fp = torch.empty(0, dtype=policy.fp_dtype(torch.bfloat16)).element_size()
+        new = batch * 2 * s.heads_kv * s.head_dim * fp  # one token's K and V, full precision
+        op = attention_op("self_attn.attention", batch, 1, layout.kept + 1, s.heads_q, s.heads_kv, s.head_dim, L,
+                          fmt, model=s, kv_read_bytes=cache / L, kv_written_bytes=float(new))
+    return {"op": op, "cache_bytes": float(cache), "kept": layout.kept, "exact": layout.exact}
 
 
 def resolve_model(model: str | ModelShape | Path | dict) -> tuple[ModelShape, Compression | None]:
@@ -395,9 +496,13 @@ def read_result(folder: Path | str) -> dict[str, Any]:
 
 
 def _from_result(folder: Path) -> tuple[ModelShape, Compression]:
-    f = folder / "result.json"
-    where = str(f)
-    result = read_result(folder)
+    return from_result(read_result(folder), str(folder / "result.json"), folder.name)
+
+
+def from_result(result: Any, where: str = "result", name: str = "model") -> tuple[ModelShape, Compression]:
+    """The model shape and the compression of an `nmx run` result record (the dict result.json
+    holds): the recipe's formats, pattern and whole KV policy, and each linear's real storage.
+    `where` names the record in errors; `name` is the model's name where the record has none."""
     recipe = _field(result, "recipe", dict, where)
     rwhere = f"{where}: recipe"
     model_rec = _field(result, "model", dict, where, required=False) or {}
@@ -411,22 +516,18 @@ def _from_result(folder: Path) -> tuple[ModelShape, Compression]:
             raise InputError(f"{where}: model.shape has no {', '.join(repr(k) for k in missing)}; "
                              "give a folder written by `nmx run`")
         try:
-            shape = ModelShape(name=str(fields.pop("name", None) or recipe.get("model") or folder.name), **fields,
+            shape = ModelShape(name=str(fields.pop("name", None) or recipe.get("model") or name), **fields,
                                tied_embeddings=bool(shape_rec.get("tied_embeddings", False)))
         except InputError as err:
             raise InputError(f"{where}: {err}") from None
     elif _field(recipe, "model", str, rwhere, required=False) in PRESETS:
         shape = PRESETS[recipe["model"]]
     else:
-        raise InputError(f"{folder}: the result names model {recipe.get('model')!r}, which is no preset, and holds "
+        raise InputError(f"{where}: the result names model {recipe.get('model')!r}, which is no preset, and holds "
                          "no model shape; re-run it with this nmx version")
     sp = _field(recipe, "sparsity", dict, rwhere, required=False) or {}
     qz = _field(recipe, "quantization", dict, rwhere, required=False) or {}
-    kv = _field(recipe, "kv_cache", dict, rwhere, required=False) or {}
-    kv_quant = _field(kv, "quant", dict, f"{rwhere}.kv_cache", required=False) or {}
-    # a cache that only evicts (or merges) keeps its tokens at the dense format: priced as bf16 KV
-    # (the eviction's smaller cache is not priced yet)
-    kv_format = _field(kv_quant, "format", str, f"{rwhere}.kv_cache.quant", required=False)
+    kv_policy = _kv_policy(_field(recipe, "kv_cache", dict, rwhere, required=False), f"{rwhere}.kv_cache")
     targets_raw = _field(sp, "targets", list, f"{rwhere}.sparsity", required=False) or \
         _field(qz, "targets", list, f"{rwhere}.quantization", required=False) or DEFAULT_TARGETS
     if not all(isinstance(t, str) for t in targets_raw):
@@ -447,7 +548,22 @@ def _from_result(folder: Path) -> tuple[ModelShape, Compression]:
     pattern = _field(sp, "pattern", str, f"{rwhere}.sparsity", required=False)
     try:
         comp = Compression(weights=weights, activations=activations, pattern=pattern, targets=targets,
-                           kv_format=kv_format, layer_bits=bits)
+                           layer_bits=bits, kv_policy=kv_policy)
     except NmxError as err:  # a format or pattern name this nmx does not know
         raise InputError(f"{where}: {err}") from None
     return shape, comp
+
+
+def _kv_policy(kv: dict | None, where: str) -> Any:
+    """The recipe's kv_cache section (as result.json holds it) as an nmx.kv.KVPolicy, or None."""
+    if not kv:
+        return None
+    from nmx.kv.policy import KVPolicy
+
+    quant = _field(kv, "quant", dict, where, required=False) or {}
+    _field(kv, "evict", dict, where, required=False)
+    _field(quant, "format", str, f"{where}.quant", required=False)
+    try:
+        return KVPolicy.from_dict({k: v for k, v in kv.items() if k != "chunk"})
+    except NmxError as err:
+        raise InputError(f"{where}: {err}") from None

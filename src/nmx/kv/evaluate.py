@@ -43,6 +43,7 @@ import torch
 from nmx.errors import InputError
 from nmx.kv.cache import KVCache, attention_for
 from nmx.kv.policy import KVPolicy
+from nmx.model.layers import with_cache
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _feed(model: Any, ids: torch.Tensor, cache: Any, chunk: int | None) -> torch
     step = chunk or ids.shape[1]
     logits = None
     for i in range(0, ids.shape[1], step):
-        logits = model(ids[:, i:i + step], cache=cache, use_cache=True).logits[0, -1]
+        logits = model(ids[:, i:i + step], **with_cache(model, cache)).logits[0, -1]
     return logits
 
 
@@ -97,7 +98,7 @@ def greedy(model: Any, context: torch.Tensor, cache: Any, max_new_tokens: int, c
         tok = int(logits.argmax())
         out.append(tok)
         if i + 1 < max_new_tokens:
-            logits = model(torch.tensor([[tok]], device=device), cache=cache, use_cache=True).logits[0, -1]
+            logits = model(torch.tensor([[tok]], device=device), **with_cache(model, cache)).logits[0, -1]
     return out
 
 

@@ -9,8 +9,10 @@ acts at evaluation time.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Callable
+from contextvars import ContextVar
+from typing import Any, Callable, MutableMapping
 
 import torch
 
@@ -28,6 +30,22 @@ from nmx.sparsity.storage import weight_storage
 
 log = logging.getLogger(__name__)
 
+#: Set by a caller that runs many recipes on fresh copies of one pristine model (nmx.sweep's workers):
+#: a mapping in which `compress` keeps the pruned weights and masks, keyed by everything that decides
+#: them, so recipes that differ only after pruning (weight formats, KV cache, evaluation, hardware)
+#: calibrate and prune once. Unset (None) everywhere else.
+SHARED_PRUNING: ContextVar[MutableMapping[str, Any] | None] = ContextVar("SHARED_PRUNING", default=None)
+
+
+def _pruning_key(recipe: Recipe) -> str:
+    """What decides the pruned weights of a pristine model: the sparsity spec, the calibration when the
+    method uses it, and the weight format when SparseGPT quantizes jointly."""
+    sp, qz = recipe.sparsity, recipe.quantization
+    calibrated = get_method(sp.method).needs != "nothing"
+    joint = sp.method == "sparsegpt" and qz is not None and qz.weights is not None
+    return json.dumps({"model": recipe.model, "device": recipe.device, "sparsity": sp.model_dump(mode="json"),
+                       "calibration": recipe.calibration.model_dump(mode="json") if calibrated else None,
+                       "joint": qz.model_dump(mode="json") if joint else None}, sort_keys=True)
 
 
 def _prune_with_calibration(
@@ -66,7 +84,15 @@ def compress(
     masks: dict[str, torch.Tensor] = {}
     pruned_targets: dict[str, torch.nn.Linear] = match_linears(model, sp.targets) if sp else {}
 
-    if sp:
+    shared = SHARED_PRUNING.get() if sp else None
+    key = _pruning_key(recipe) if shared is not None else None
+    if key is not None and key in shared:  # pruned before, from the same pristine weights
+        weights, saved = shared[key]
+        with torch.no_grad():
+            for name, module in pruned_targets.items():
+                module.weight.copy_(weights[name])
+        masks.update(saved)
+    elif sp:
         method, pattern = get_method(sp.method), parse_pattern(sp.pattern)
         joint = weight_fmt is not None and sp.method == "sparsegpt" and sp.options.get("joint_quant", True)
 
@@ -90,6 +116,8 @@ def compress(
                     progress("pruning", i + 1, len(pruned_targets))
         else:
             _prune_with_calibration(loaded, recipe, pruned_targets, method, prune, progress)
+        if key is not None:
+            shared[key] = ({n: m.weight.detach().clone() for n, m in pruned_targets.items()}, dict(masks))
 
     quant_targets = _quant_targets(model, qz) if qz else {}
     if weight_fmt:

@@ -33,3 +33,14 @@ def match_linears(model: Any, patterns: list[str] | tuple[str, ...]) -> dict[str
             raise InputError(f"target {pattern!r} matches no linear layer (names look like: {sample}, ...)")
         chosen.update(hits)
     return dict(sorted(chosen.items(), key=lambda kv: list(linears).index(kv[0])))
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword arguments that hand `cache` to a Hugging Face model's forward: transformers >= 5.2x
+    names it `cache`, earlier versions `past_key_values` (and silently drop an unknown keyword, which
+    would score without the cache)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
+

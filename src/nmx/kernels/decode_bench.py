@@ -1,0 +1,453 @@
+"""`nmx bench decode`: decode tokens/s of a model's own Hugging Face forward, dense bf16 vs compressed.
+
+    nmx bench decode --config llama-2-7b --weights int4_g128 --batch 1,16 --context 2048 --tokens 128
+    nmx bench decode --model smollm2-135m --recipe r.yaml        # nmx's compress, then convert_recipe
+    nmx bench decode --run RUN_DIR                               # a `nmx run --save-model` folder
+
+Both models run the same code: the transformers model's forward with a `StaticCache` of
+context + tokens (+ a few) slots, one new token per sequence per step, greedy (the argmax feeds the next
+step). On a CUDA GPU one step is captured in a CUDA graph and replayed (`mode="graph"`), optionally after
+`torch.compile` fused its small ops (`mode="compile"`: compile once per model and batch, minutes for a
+7B-shaped model). The converted model's linears run `nmx.kernels.linear` through the opaque custom op
+`nmx::packed_linear` (convert.py), which both torch.compile and the graph capture take as is.
+
+The cache is filled, not prefilled: one step initializes the StaticCache, its keys and values are then
+set to random bf16 values and its length to `context` (decode speed does not depend on what the cache
+holds, and this skips a batch x context prefill and its memory). Note that transformers' static cache
+attends over all of its slots every step (masked), so the KV bytes read per step are those of
+context + tokens + 8 slots. tokens/s = batch x tokens / (time of `tokens` replays).
+
+Random-weight configs (`--config`, no download): a LlamaConfig of that shape, built in bf16 directly on the
+device (no float32 copy on the host). A recipe on a random model is applied by magnitude (its pattern)
+and by packing (its format): there is nothing to calibrate on. A real model (`--model`) with `--recipe`
+runs nmx's own compress (calibration included) and `convert_recipe` (exact packing).
+
+Without a CUDA GPU the command refuses (one line); `allow_cpu` runs eager steps on the CPU through the
+reference twin: a smoke run of the code path, not a measurement.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nmx.errors import InputError
+from nmx.model.layers import with_cache
+
+log = logging.getLogger(__name__)
+
+#: Llama-architecture shapes for random-weight models (no download)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5),
+    "llama-3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                       rms_norm_eps=1e-5, rope_theta=500000.0),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True),
+    "tiny": dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
+}
+MODES = ("auto", "compile", "graph", "eager")
+SLACK = 8  # cache slots beyond context + tokens (warm-up steps write there before the length is reset)
+
+
+def config_model(name: str, device: torch.device | str = "cpu", seed: int = 0,
+                 dtype: torch.dtype = torch.bfloat16) -> Any:
+    """A LlamaForCausalLM of a named shape (CONFIGS) with random weights, built in `dtype` on `device`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name not in CONFIGS:
+        raise InputError(f"unknown --config {name!r}: use one of {', '.join(CONFIGS)}")
+    config = LlamaConfig(**CONFIGS[name])
+    prev = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(prev)
+    model.name_or_path = f"random {name}"
+    return model.eval()
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword a model's forward takes its cache by (`cache` in transformers >= 5.2x, `past_key_values`)."""
+    return next(iter(with_cache(model, None)))
+
+
+def static_cache(model: Any, batch: int, length: int) -> Any:
+    from transformers import StaticCache
+
+    first = next(model.parameters())
+    try:
+        return StaticCache(config=model.config, max_cache_len=length)
+    except TypeError:  # transformers 4.x
+        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=length, device=first.device,
+                           dtype=first.dtype)
+
+
+def _set_length(cache: Any, n: int) -> None:
+    for layer in cache.layers:
+        if not hasattr(layer, "cumulative_length"):
+            raise InputError("this transformers version's StaticCache has no cumulative_length; nmx bench decode "
+                             "needs transformers >= 5")
+        layer.cumulative_length.fill_(n)
+
+
+def _fill_random(cache: Any, seed: int) -> None:
+    g = torch.Generator(device=cache.layers[0].keys.device).manual_seed(seed)
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            t.copy_(torch.randn(t.shape, generator=g, device=t.device, dtype=torch.float32).to(t.dtype))
+
+
+def bytes_per_step(model: Any, batch: int, cache_len: int) -> dict[str, int]:
+    """Bytes one decode step must read: linear weights (packed or bf16), the LM head, the norms, and the
+    static cache's keys and values (all of its slots: transformers attends over the whole static cache)."""
+    from nmx.kernels.convert import PackedLinearModule
+
+    linear = head = 0
+    for name, m in model.named_modules():
+        if isinstance(m, PackedLinearModule):
+            linear += m.packed.nbytes
+        elif isinstance(m, torch.nn.Linear):
+            b = m.weight.numel() * m.weight.element_size()
+            if name.endswith("lm_head"):
+                head += b
+            else:
+                linear += b
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = cfg.num_hidden_layers * 2 * batch * heads * cache_len * head_dim * 2
+    return {"linear_weights": linear, "lm_head": head, "kv_cache": kv, "total": linear + head + kv}
+
+
+def decode_step(fn: Any, cache: Any, ids: torch.Tensor, kw: dict) -> Callable[[], torch.Tensor]:
+    """One greedy decode step of `ids` [batch, 1] through a StaticCache, capturable in a CUDA graph: the
+    attention mask is a 4-D bool [batch, 1, 1, slots] made on the device from the cache's length (slots up to
+    and including the new token's), which transformers passes to attention as it is. (A 2-D mask would be
+    checked with a host sync, impossible inside a capture; no mask at all would let the token attend to every
+    slot of the static cache, filled or not.) Returns the step's logits; the argmax becomes the next ids."""
+    length = cache.layers[0].max_cache_len
+    pos = cache.layers[0].cumulative_length
+    slots = torch.arange(length, device=ids.device)
+    batch = ids.shape[0]
+
+    def step() -> torch.Tensor:
+        mask = (slots <= pos).view(1, 1, 1, length).expand(batch, 1, 1, length)
+        logits = fn(ids, attention_mask=mask, **kw).logits
+        ids.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        return logits
+
+    return step
+
+
+@torch.no_grad()
+def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = "auto", seed: int = 0) -> dict:
+    """Time `tokens` decode steps of `batch` sequences at `context` tokens (module docstring)."""
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    mode = ("graph" if cuda else "eager") if mode == "auto" else mode
+    if not cuda and mode != "eager":
+        raise InputError(f"mode {mode!r} needs a CUDA GPU; the CPU runs eager steps only")
+    from nmx.kernels.convert import PATHS
+
+    PATHS.clear()
+    length = context + tokens + SLACK
+    cache = static_cache(model, batch, length)
+    kw = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device, generator=g)
+    model(ids, **kw)  # initializes the cache's layers
+    _fill_random(cache, seed)
+    fn = model
+    compile_s = 0.0
+    if mode == "compile":
+        t = time.perf_counter()
+        fn = torch.compile(model, dynamic=False)  # graph breaks allowed: the capture records the kernels anyway
+    step = decode_step(fn, cache, ids, kw)
+    _set_length(cache, context)
+    for _ in range(3):  # warm-up: compiles (compile mode), Triton JIT, the dispatcher's caches
+        step()
+    if mode == "compile":
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t
+    graph, graph_error, static_logits = None, None, None
+    if mode in ("graph", "compile"):
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_logits = step()
+        except Exception as err:  # noqa: BLE001 - timed eagerly instead, and said so
+            graph, graph_error = None, f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            log.warning("decode bench: the CUDA graph capture failed (%s); timing eager steps", graph_error)
+            torch.cuda.synchronize()
+            mode = f"{mode} capture failed: eager" if mode == "graph" else "compile (no graph)"
+    _set_length(cache, context)
+    run = graph.replay if graph is not None else step
+    last = None
+    if cuda:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(tokens):
+            last = run()
+        end.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+    else:
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            last = run()
+        seconds = time.perf_counter() - t0
+    last = static_logits if graph is not None else last
+    done = int(cache.layers[0].cumulative_length) if hasattr(cache.layers[0], "cumulative_length") else None
+    if done is not None and done != context + tokens:
+        raise RuntimeError(f"the cache advanced to {done} tokens, expected {context + tokens}")
+    nbytes = bytes_per_step(model, batch, length)
+    ms = 1e3 * seconds / tokens
+    out = {"batch": batch, "context": context, "tokens": tokens, "mode": mode, "ms_per_step": ms,
+           "tokens_per_s": batch * tokens / seconds, "bytes_per_step": nbytes,
+           "read_GBps": nbytes["total"] / (ms / 1e3) / 1e9, "compile_s": compile_s or None, "graph_error": graph_error,
+           "finite": bool(torch.isfinite(last).all()),  # the last step's logits
+           "paths": dict(PATHS)}  # converted layers' eager calls per dispatcher path (warm-up steps)
+    del graph, cache, fn
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def copy_bandwidth(device: torch.device | str = "cuda", nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read and written (10 copies of 1 GiB)."""
+    a = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        b.copy_(a)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 10 * nbytes / (start.elapsed_time(end) / 1e3)
+
+
+# ---- the models being compared -------------------------------------------------------------------------
+
+
+def _prune_by_magnitude(model: Any, recipe: Any) -> dict[str, torch.Tensor]:
+    """The recipe's sparsity pattern applied by magnitude (random-weight models: nothing to calibrate on)."""
+    from nmx.model.layers import match_linears
+    from nmx.sparsity.methods import get_method
+    from nmx.sparsity.patterns import parse_pattern
+
+    masks = {}
+    if recipe.sparsity is None:
+        return masks
+    method, pattern = get_method("magnitude"), parse_pattern(recipe.sparsity.pattern)
+    with torch.no_grad():
+        for name, lin in match_linears(model, recipe.sparsity.targets).items():
+            new, mask = method.prune(lin.weight.detach().float(), pattern, None)
+            lin.weight.copy_(new.to(lin.weight.dtype))
+            masks[name] = mask
+    return masks
+
+
+def quick_recipe(weights: str | None = None, pattern: str | None = None) -> Any:
+    """A recipe of just a weight format and an N:M pattern (magnitude pruning), e.g. for `--weights`."""
+    from nmx.kernels.layout import kernel_format
+    from nmx.recipe import load_recipe
+
+    kernel_format(weights)  # one line for a format the kernels do not read
+    base: dict[str, Any] = {"kernels": True}
+    if weights:
+        base["quantization"] = {"weights": weights}
+    if pattern:
+        base["sparsity"] = {"method": "magnitude", "pattern": pattern}
+    return load_recipe(base=base)
+
+
+def compress_random(model: Any, recipe: Any, backend: str = "auto") -> dict:
+    """Prune a random-weight model by magnitude to the recipe's pattern, then pack it with its format."""
+    from nmx.kernels.convert import convert, recipe_layers
+
+    masks = _prune_by_magnitude(model, recipe)
+    return convert(model, layers=recipe_layers(model, recipe), masks=masks, backend=backend).as_dict()
+
+
+def check_run_dir(run_dir: Path) -> dict:
+    """The result.json of a `nmx run --save-model` folder; InputError if it is not one (checked before any work)."""
+    from nmx.io import read_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "result.json").is_file():
+        raise InputError(f"{run_dir} is not an nmx run folder (no result.json); make one with `nmx run RECIPE "
+                         "--out DIR --save-model`")
+    result = read_json(run_dir / "result.json", "run result")
+    if not (run_dir / "model.safetensors").is_file():
+        raise InputError(f"{run_dir} has no model.safetensors (weights and masks): rerun `nmx run` with --save-model")
+    if not isinstance(result.get("recipe"), dict):
+        raise InputError(f"{run_dir}/result.json holds no recipe")
+    return result
+
+
+def load_run(run_dir: Path, device: torch.device | str, model_spec: str | None = None) -> tuple[Any, Any, dict]:
+    """(loaded model with the run's saved weights, its recipe, its masks) from a `nmx run --save-model` folder."""
+    from safetensors import safe_open
+
+    from nmx.formats.packing import unpack_bits
+    from nmx.model.sources import load_model
+    from nmx.recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    result = check_run_dir(run_dir)
+    weights = run_dir / "model.safetensors"
+    recipe = load_recipe(base=result["recipe"])
+    loaded = load_model(model_spec or recipe.model, str(device) if torch.device(device).type == "cuda" else "cpu")
+    state, masks = {}, {}
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+        shapes = json.loads(meta.get("nmx_masks", "{}"))
+        for key in f.keys():
+            t = f.get_tensor(key)
+            if key.startswith("nmx_mask."):
+                name = key[len("nmx_mask."):]
+                shape = shapes.get(name)
+                if shape is None:
+                    raise InputError(f"{weights}: mask {name} has no shape in the file's metadata")
+                masks[name] = unpack_bits(t, 1, math.prod(shape)).reshape(shape).to(torch.bool)
+            else:
+                state[key] = t
+    if recipe.sparsity is not None and not masks:
+        raise InputError(f"{weights} holds no masks, but the run pruned ({recipe.sparsity.pattern}); rerun `nmx run` "
+                         "with --save-model")
+    missing, unexpected = loaded.model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise InputError(f"{weights} does not fit {recipe.model}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return loaded, recipe, masks
+
+
+def bench_decode(model: str | None = None, config: str | None = None, recipe: Any = None,
+                 run_dir: Path | None = None, batches: tuple[int, ...] = (1, 16), context: int = 2048,
+                 tokens: int = 128, mode: str = "auto", allow_cpu: bool = False, backend: str = "auto",
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Dense bf16 and compressed, side by side in one run (module docstring). Returns the record."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    if sum(x is not None for x in (model, config, run_dir)) == 0:
+        raise InputError("give --model M, --config NAME or --run RUN_DIR")
+    if model is not None and config is not None:
+        raise InputError("give --model or --config, not both")
+    if recipe is not None and run_dir is not None:
+        raise InputError("give --recipe or --run, not both")
+    if min(batches, default=0) < 1 or context < 1 or tokens < 1:
+        raise InputError("--batch values, --context and --tokens must be at least 1")
+    if mode not in MODES:
+        raise InputError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
+    if config is not None and config not in CONFIGS:
+        raise InputError(f"unknown --config {config!r}: use one of {', '.join(CONFIGS)}")
+    if run_dir is not None and config is not None:
+        raise InputError("--run folders hold a real model's weights: use --model (or nothing), not --config")
+    run_result = check_run_dir(Path(run_dir)) if run_dir is not None else None
+    if recipe is not None and recipe.quantization is not None and recipe.quantization.weights:
+        from nmx.kernels.layout import kernel_format
+
+        kernel_format(recipe.quantization.weights)
+    cuda = torch.cuda.is_available()
+    if not cuda and not allow_cpu:
+        raise InputError("nmx bench decode times CUDA-graph decoding and needs a CUDA GPU (torch sees none); "
+                         "--allow-cpu runs a slow eager smoke run through the CPU twin instead")
+    if not cuda:
+        log.warning("nmx bench decode on the CPU: eager steps through the kernels' reference twin; a smoke run, "
+                    "not a measurement")
+    device = torch.device("cuda" if cuda else "cpu")
+    record: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "context": context,
+                              "tokens": tokens, "batches": list(batches), "rows": []}
+    if cuda:
+        record["copy_GBps"] = copy_bandwidth(device) / 1e9
+
+    def time_all(m: Any, variant: str) -> None:
+        for b in batches:
+            say(f"timing {variant}, batch {b}")
+            row = {"variant": variant, **decode_speed(m, b, context, tokens, mode)}
+            if cuda:
+                row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
+            record["rows"].append(row)
+
+    # dense bf16
+    if config is not None:
+        say(f"building a random {config} in bf16 on {device}")
+        dense = config_model(config, device)
+        record["model"] = f"random {config}"
+    else:
+        from nmx.model.sources import load_model
+
+        spec = model if model is not None else run_result["recipe"].get("model")
+        say(f"loading {spec}")
+        dense = load_model(spec, "cuda" if cuda else "cpu").model.to(torch.bfloat16)
+        record["model"] = spec
+    time_all(dense, "bf16")
+
+    # compressed
+    if recipe is None and run_dir is None:
+        record["compressed"] = None
+        return record
+    if config is not None:
+        say("compressing (magnitude pruning, packing)")
+        record["conversion"] = compress_random(dense, recipe, backend)
+        compressed = dense
+    else:
+        del dense
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        from nmx.kernels.convert import convert_recipe
+
+        if run_dir is not None:
+            say(f"loading the run {run_dir}")
+            loaded, recipe, masks = load_run(Path(run_dir), device, model)
+        else:
+            from nmx.model.compress import compress
+            from nmx.model.sources import load_model
+
+            say("compressing with nmx (the recipe's method)")
+            loaded = load_model(model, "cuda" if cuda else "cpu")
+            masks = compress(loaded, recipe)["masks"]
+        record["conversion"] = convert_recipe(loaded.model, recipe, masks, backend).as_dict()
+        compressed = loaded.model.to(torch.bfloat16)
+    sp, qz = recipe.sparsity, recipe.quantization
+    record["compressed"] = {"weights": qz.weights if qz else None, "pattern": sp.pattern if sp else None,
+                            "method": ("magnitude (random weights)" if config else sp.method) if sp else None,
+                            "recipe_model": recipe.model, "from_run": str(run_dir) if run_dir else None}
+    time_all(compressed, "compressed")
+    base = {r["batch"]: r["tokens_per_s"] for r in record["rows"] if r["variant"] == "bf16"}
+    for r in record["rows"]:
+        r["speedup_vs_bf16"] = r["tokens_per_s"] / base[r["batch"]]
+    return record
+
+
+def write_record(record: dict, out: Path | None) -> None:
+    if out is not None:
+        from nmx.io import write_json_atomic
+
+        write_json_atomic(Path(out), record)
