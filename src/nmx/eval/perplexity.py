@@ -69,18 +69,23 @@ def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None, what: s
 
 
 @torch.inference_mode()
+def window_logits(model: Any, window: torch.Tensor, cache: Any = None, chunk: int | None = None) -> torch.Tensor:
+    """float32 logits predicting tokens 1.. of one window from the ones before ([len - 1, vocab]); with a
+    `cache`, fed `chunk` tokens per forward through it."""
+    window = window.to(next(model.parameters()).device)
+    if cache is None:
+        return model(window.unsqueeze(0)).logits[0, :-1].float()
+    step, kw = chunk or window.numel(), with_cache(model, cache)
+    parts = [model(window[i:i + step].unsqueeze(0), **kw).logits[0].float() for i in range(0, window.numel(), step)]
+    return torch.cat(parts)[:-1]
+
+
+@torch.inference_mode()
 def window_nll(model: Any, window: torch.Tensor, cache: Any = None, chunk: int | None = None) -> float:
     """Summed negative log-likelihood (float64) of tokens 1.. of one window given the ones before;
     with a `cache`, fed `chunk` tokens per forward through it."""
-    window = window.to(next(model.parameters()).device)
-    if cache is None:
-        logits = model(window.unsqueeze(0)).logits[0, :-1].float()
-    else:
-        step, kw = chunk or window.numel(), with_cache(model, cache)
-        parts = [model(window[i:i + step].unsqueeze(0), **kw).logits[0].float()
-                 for i in range(0, window.numel(), step)]
-        logits = torch.cat(parts)[:-1]
-    return float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").double())
+    logits = window_logits(model, window, cache, chunk)
+    return float(torch.nn.functional.cross_entropy(logits, window[1:].to(logits.device), reduction="sum").double())
 
 
 def perplexity(

@@ -31,7 +31,6 @@ from typing import Any, Callable
 import torch
 
 from nmx.errors import InputError
-from nmx.model.layers import with_cache
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +47,10 @@ def dynamic_cache(config: Any) -> Any:
 @torch.inference_mode()
 def _window_nlls(model: Any, window: torch.Tensor, cache: Any = None, chunk: int | None = None) -> torch.Tensor:
     """Per-token NLL (float64) of tokens 1.. of one window, as `nmx.eval.perplexity.window_nll` sums them."""
-    window = window.to(next(model.parameters()).device)
-    if cache is None:
-        logits = model(window.unsqueeze(0)).logits[0, :-1].float()
-    else:
-        step, kw = chunk or window.numel(), with_cache(model, cache)
-        parts = [model(window[i:i + step].unsqueeze(0), **kw).logits[0].float()
-                 for i in range(0, window.numel(), step)]
-        logits = torch.cat(parts)[:-1]
-    return torch.nn.functional.cross_entropy(logits, window[1:], reduction="none").double().cpu()
+    from nmx.eval.perplexity import window_logits
+
+    logits = window_logits(model, window, cache, chunk)
+    return torch.nn.functional.cross_entropy(logits, window[1:].to(logits.device), reduction="none").double().cpu()
 
 
 def token_nlls(loaded: Any, recipe: Any, windows: torch.Tensor,
