@@ -85,8 +85,10 @@ def test_weight_kernels_compile(compiled, fmt, pattern):
     gemv(torch.randn(1, 1024).to(torch.bfloat16), p)
     gemv(torch.randn(1, 1024).to(torch.bfloat16), p, {"BLOCK_N": 32, "W": 16, "SPLIT_K": 4, "num_warps": 4,
                                                         "num_stages": 3})
+    gemv(torch.randn(1, 1024).to(torch.bfloat16), p, {"BLOCK_N": 8, "W": 32, "SPLIT_K": 1, "num_warps": 4,
+                                                        "num_stages": 1, "PREFETCH": True})
     word_linear(torch.randn(20, 1024).to(torch.bfloat16), p)
-    expected = 3
+    expected = 4
     if supports(p):
         for m in (1, 33):
             tc_linear(torch.randn(m, 1024).to(torch.bfloat16), p)

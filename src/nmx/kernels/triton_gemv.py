@@ -168,15 +168,33 @@ def _x_half(pairs, HIGH: tl.constexpr):
 
 
 @triton.jit
+def _w_tile(vals_ptr, meta_ptr, rows, n_mask, tile, KW, stride_w, stride_meta, valid, BITS: tl.constexpr,
+            SPARSE: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr):
+    """The words [BLOCK_N, W] (uint32) of K tile `tile` and, for 2:4, their metadata (else the words
+    again); nothing is read where `valid` is false (a prefetch past the last tile)."""
+    words1 = tile * W + tl.arange(0, W)
+    words1 = tl.max_contiguous(tl.multiple_of(words1, W), W)
+    words = words1[None, :]
+    wmask = (n_mask[:, None] & valid) if EVEN else n_mask[:, None] & (words < KW) & valid
+    v = tl.load(vals_ptr + rows * stride_w + words, mask=wmask, other=0).to(tl.uint32, bitcast=True)
+    if SPARSE:
+        meta = _meta(meta_ptr, rows, words, wmask, stride_meta, BITS)
+    else:
+        meta = v
+    return v, meta
+
+
+@triton.jit
 def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, N, KW, stride_w, stride_meta,
                   stride_s, zero,
                   ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
-                  TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr):
+                  TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
     operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
-    (else the words past KW are masked)."""
+    (else the words past KW are masked). PREFETCH: the next tile's words (and 2:4 metadata) are loaded
+    before this tile is decoded, so every warp keeps two tiles of weight bytes in flight."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -185,16 +203,23 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
     PER: tl.constexpr = 32 // BITS  # elements per word
     WC: tl.constexpr = 2 * PER if SPARSE else PER  # dense columns per word
     acc = tl.zeros((BLOCK_N, W), dtype=tl.float32)
+    if PREFETCH:
+        v_next, meta_next = _w_tile(vals_ptr, meta_ptr, rows, n_mask, pid_k * TILES_PER_SPLIT, KW, stride_w,
+                                    stride_meta, True, BITS, SPARSE, W, EVEN)
     for t in range(0, TILES_PER_SPLIT):
         words1 = (pid_k * TILES_PER_SPLIT + t) * W + tl.arange(0, W)
         words1 = tl.max_contiguous(tl.multiple_of(words1, W), W)
-        words = words1[None, :]
-        wmask = n_mask[:, None] if EVEN else n_mask[:, None] & (words < KW)
-        v = tl.load(vals_ptr + rows * stride_w + words, mask=wmask, other=0).to(tl.uint32, bitcast=True)
+        if PREFETCH:
+            v = v_next
+            meta = meta_next
+            v_next, meta_next = _w_tile(vals_ptr, meta_ptr, rows, n_mask, pid_k * TILES_PER_SPLIT + t + 1, KW,
+                                        stride_w, stride_meta, t + 1 < TILES_PER_SPLIT, BITS, SPARSE, W, EVEN)
+        else:
+            v, meta = _w_tile(vals_ptr, meta_ptr, rows, n_mask, pid_k * TILES_PER_SPLIT + t, KW, stride_w,
+                              stride_meta, True, BITS, SPARSE, W, EVEN)
         xcol = words1 * (WC // 2)  # first x pair of each word (1-D: x is small, its layout is what moves)
         part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
         if SPARSE:
-            meta = _meta(meta_ptr, rows, words, wmask, stride_meta, BITS)
             for g in tl.static_range(PER // 2):
                 pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, EVEN)
                 pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, EVEN)
@@ -417,6 +442,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     words = k // word_columns(p)
     split, w, block_m = cfg.pop("SPLIT_K"), cfg.pop("W"), cfg.pop("BLOCK_M")
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+    prefetch = bool(cfg.pop("PREFETCH", False))
     one = block_m == 1
     if one and m != 1:
         raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
@@ -430,6 +456,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split)
         _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
                             0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
+                            PREFETCH=prefetch,
                             num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
