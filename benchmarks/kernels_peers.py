@@ -279,6 +279,49 @@ def phase_gemlite(res: dict, shapes: dict, ms: list[int], budget: Budget) -> Non
         torch.cuda.empty_cache()
 
 
+def phase_verify_dispatch(res: dict, shapes: dict, ms: list[int], budget: Budget, cases: list[str]) -> None:
+    """`nmx.kernels.linear` (the dispatcher, measured table installed) against cuBLAS bf16 on the same
+    weights, in the same process: the speedup at every (shape, case, M), and the worst slowdown."""
+    from nmx.kernels import linear
+    from nmx.kernels.dispatch import plan
+
+    rows = res.setdefault("verify_dispatch", [])
+    for sname, (n, k) in shapes.items():
+        w = make_weight(n, k, False, "cuda", seed=11).to(torch.bfloat16)
+        wc = clones(w, n * k * 2)
+        for case in cases:
+            if budget.left() < 15:
+                print("budget: verify stopped", flush=True)
+                return
+            p = nmx_pack(case, make_weight(n, k, case.startswith("2:4"), "cuda", seed=5))
+            copies = clones(p, packed_bytes(p))
+            line = []
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                try:
+                    backend, _ = plan(x, p)
+                    err = rel(linear(x, p).float(), linear_reference(x, p).float())
+                    t = gtime(lambda q: linear(x, q), copies)
+                    tc = gtime(lambda ww: F.linear(x, ww), wc)
+                    rows.append({"shape": sname, "case": case, "m": m, "backend": backend, "time_s": t,
+                                 "cublas_s": tc, "speedup": tc / t, "rel_err_vs_twin": err})
+                    line.append(f"{m}:{tc / t:.2f}{backend[0]}")
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"shape": sname, "case": case, "m": m, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+                    line.append(f"{m}:ERR")
+            print(f"verify {sname} {case}: " + " ".join(line), flush=True)
+            del copies
+            write(res)
+        del wc
+        torch.cuda.empty_cache()
+    ok = [r for r in rows if "speedup" in r]
+    if ok:
+        worst = min(ok, key=lambda r: r["speedup"])
+        res["verify_worst"] = worst
+        print(f"verify: worst {worst['speedup']:.3f}x cuBLAS at {worst['shape']} {worst['case']} m={worst['m']} "
+              f"({worst['backend']})", flush=True)
+
+
 def cublas_time(res: dict, sname: str, m: int) -> float | None:
     for r in res.get("peers", []):
         if r.get("shape") == sname and r.get("m") == m and r["impl"] == "cublas_bf16":
@@ -374,7 +417,8 @@ def dispatch_table(res: dict) -> dict:
 OUT: Path | None = None
 
 
-def write(res: dict, name: str = "kernels_peers.json") -> None:
+def write(res: dict, name: str | None = None) -> None:
+    name = name or ("verify_dispatch.json" if "verify_dispatch" in res else "kernels_peers.json")
     if OUT is None:
         return
     tmp = OUT / (name + ".tmp")
@@ -407,6 +451,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--gemlite", action="store_true", help="only the gemlite phase (run it in its own process)")
+    ap.add_argument("--verify-dispatch", action="store_true", help="only: the dispatcher against cuBLAS")
     a = ap.parse_args()
     if a.cpu_dry_run:
         dry_run()
@@ -422,6 +467,10 @@ def main() -> None:
     if a.gemlite:
         phase_gemlite(res, shapes, ms, budget)
         write(res, "kernels_peers_gemlite.json")
+        return
+    if a.verify_dispatch:
+        phase_verify_dispatch(res, shapes, ms, budget, a.cases.split(","))
+        write(res, "verify_dispatch.json")
         return
     for name, fn in (("copy", lambda: phase_copy(res)), ("baselines", lambda: phase_baselines(res, shapes, ms, budget)),
                      ("nmx", lambda: phase_nmx(res, shapes, ms, budget, a.cases.split(",")))):

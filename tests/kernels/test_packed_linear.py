@@ -302,6 +302,8 @@ def test_small_m_switch_sends_2_to_64_tokens_to_the_tensor_core_kernel(monkeypat
     from nmx.kernels.triton_tc import tc_linear
 
     monkeypatch.setattr(dispatch, "SMALL_M", "tc")
+    monkeypatch.setattr(dispatch, "_table_here", lambda x: None)  # the rule without a measured table
+    monkeypatch.setattr(dispatch, "_PLANS", {})
     p = pack(weight(512, 1024, "2:4", seed=9).cuda(), "nvfp4", "2:4")
     x = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
     assert dispatch.choose(x, p) == "tc" and dispatch.choose(x[:1], p) == "gemv"

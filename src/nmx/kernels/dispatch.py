@@ -1,29 +1,32 @@
 """Pick the implementation of y = x W^T for a packed weight.
 
-    gemv       one token on a CUDA GPU with triton: the word-streaming kernel (triton_gemv.py),
-               1.0-2.1x of cuBLAS bf16 on Llama-2-7B shapes (H200, BENCHMARKS.md)
-    dense      2 .. 64 tokens: W decoded once to bf16 (kept beside the packed weight: memory of both)
-               and cuBLAS, because nmx's kernels lost to cuBLAS there when measured (H200: the first
-               tile kernel 0.4-1.0x, the word kernel's tensor-core path 0.1-0.4x at 16 tokens);
-               also more tokens for formats other than 2:4 bf16. `SMALL_M = "tc"` sends 2 .. 64
-               tokens to the tensor-core kernel instead, for the weights it reads (not yet measured:
-               the default stays dense until tc_curve.py has run on a GPU)
+    measured   on a GPU with a measured table (data/dispatch_*.json, written by
+               benchmarks/kernels_peers.py): per (format and pattern, N x K, M in 1, 2, 4, .. 64) the
+               fastest path of that run, with its tile config: `gemv` (one token), `tc` (tensor cores,
+               2 .. 64 tokens) or `dense` where every nmx kernel lost to cuBLAS. A shape that was not
+               measured takes the entry of the nearest measured shape (by N x K) of the same format, and
+               M the next measured M up. H100 table: sm_90 GPUs (an H200 uses it too: same SMs).
+    gemv       one token on a CUDA GPU with triton and no table: the word-streaming kernel (triton_gemv.py)
+    dense      2 .. 64 tokens without a table, or where the table says so: W decoded once to bf16 (kept
+               beside the packed weight: memory of both) and cuBLAS, so `linear` is never slower than
+               cuBLAS by more than the noise of the measurement
     sparse24   more than 64 tokens, a 2:4 weight with bf16 values: cuSPARSELt or cuBLAS, whichever
                was measured faster at that shape (sparse_gemm.py)
     reference  CPU tensors or no triton: the reference twin, with a warning once
-On request only: `tc` (dense 4/8-bit weights decoded two per instruction into tensor-core operands,
-triton_tc.py; not yet timed on a GPU) and `triton` (the word kernel's tensor-core path,
-triton_gemv.word_linear), both for up to 64 tokens. (The first kernel, W tiles decoded per element,
-0.24-1.06x of cuBLAS when measured, was removed when the dense words became pair-interleaved.)
+On request: `gemv`, `tc` (triton_tc.py, 1 .. 64 tokens, 4/8-bit weights), `triton` (the word kernel's
+tensor-core path), `dense`, `reference`.
 
 A non-contiguous x is copied to contiguous rows first; x of any leading shape [..., K] is flattened.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import weakref
 from functools import lru_cache
+from importlib import resources
 
 import torch
 
@@ -60,24 +63,100 @@ def dense_weight(p: PackedLinear) -> torch.Tensor:
     return w
 
 
-def choose(x: torch.Tensor, p: PackedLinear) -> str:
+MEASURED_M = (1, 2, 4, 8, 16, 32, 64)
+
+
+@lru_cache(maxsize=None)
+def measured_table(device_name: str, capability: tuple[int, int]) -> dict | None:
+    """The measured dispatch table for a GPU: {(case, n, k, m): entry}, or None where none was measured
+    (only sm_90 so far: the H100 table)."""
+    if capability != (9, 0):
+        return None
+    text = resources.files("nmx.kernels").joinpath("data/dispatch_h100.json").read_text()
+    return {(e["case"], e["n"], e["k"], e["m"]): e for e in json.loads(text)["entries"]}
+
+
+def case_name(p: PackedLinear) -> str:
+    """The table's name of a packed weight: "[2:4+]FORMAT" (bf16 values: "bf16")."""
+    return ("2:4+" if p.sparse24 else "") + (p.format or "bf16")
+
+
+def lookup(table: dict, p: PackedLinear, m: int) -> dict | None:
+    """The table's entry for this weight and M: its own shape if measured, else the nearest measured
+    shape of the same case (by log N x K); M rounded up to a measured M. None past 64 tokens."""
+    mm = next((v for v in MEASURED_M if v >= m), None)
+    if mm is None:
+        return None
+    case = case_name(p)
+    got = table.get((case, p.n, p.k, mm))
+    if got is None:
+        shapes = {(n, k) for (c, n, k, v) in table if c == case and v == mm}
+        if not shapes:
+            return None
+        n, k = min(shapes, key=lambda s: (abs(math.log(s[0] * s[1] / (p.n * p.k))), s))
+        got = table[(case, n, k, mm)]
+    return got
+
+
+@lru_cache(maxsize=None)
+def _device_table(index: int) -> dict | None:
+    return measured_table(torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+
+
+def _table_here(x: torch.Tensor) -> dict | None:
+    return _device_table(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+_PLANS: dict = {}  # (device index, case, N, K, M) -> (backend, config): decided once per shape
+
+
+def plan(x: torch.Tensor, p: PackedLinear) -> tuple[str, dict | None]:
+    """(backend, tile config or None for the kernel's default) for x [M, K] on this device."""
     m = x.numel() // max(x.shape[-1], 1)
     if x.device.type != "cuda":
-        return "reference"
+        return "reference", None
     if not triton_available():
         _warn_once("triton is not installed")
-        return "reference"
+        return "reference", None
+    if m <= MAX_KERNEL_M:
+        key = (x.device.index, case_name(p), p.n, p.k, m, p.block)
+        got = _PLANS.get(key)
+        if got is None:
+            table = _table_here(x)
+            entry = lookup(table, p, m) if table else None
+            got = (None, None) if entry is None else (entry["backend"], entry["config"])
+            if got[0] == "tc":
+                got = ("tc", _fit_tc(got[1], p, m))
+            _PLANS[key] = got
+        if got[0] is not None:
+            return got
     if m == 1:
-        return "gemv"
+        return "gemv", None
     if m <= MAX_KERNEL_M:
         if SMALL_M == "tc":
             from nmx.kernels.triton_tc import supports
 
-            return "tc" if supports(p) else "dense"
-        return "dense"
+            return ("tc" if supports(p) else "dense"), None
+        return "dense", None
     from nmx.kernels import sparse_gemm
 
-    return "sparse24" if p.sparse24 and p.format is None and sparse_gemm.available() else "dense"
+    return ("sparse24" if p.sparse24 and p.format is None and sparse_gemm.available() else "dense"), None
+
+
+def _fit_tc(cfg: dict, p: PackedLinear, m: int) -> dict | None:
+    """A tensor-core config measured on another shape, made legal for this one (SPLIT_K recomputed), or
+    None (the kernel's default) where its K tile does not fit."""
+    from nmx.kernels.triton_tc import split_k
+
+    bk = cfg["BLOCK_K"]
+    if p.k % bk or (p.element == "int4" and p.block % bk):
+        return None
+    split = split_k(math.ceil(p.n / cfg["BLOCK_N"]) * math.ceil(m / cfg["BLOCK_M"]), p.k // bk)
+    return {**cfg, "BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "SPLIT_K": split}
+
+
+def choose(x: torch.Tensor, p: PackedLinear) -> str:
+    return plan(x, p)[0]
 
 
 def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Tensor:
@@ -90,15 +169,17 @@ def linear(x: torch.Tensor, p: PackedLinear, backend: str = "auto") -> torch.Ten
         raise InputError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, p.k).to(torch.bfloat16).contiguous()
-    backend = choose(x2, p) if backend == "auto" else backend
+    cfg = None
+    if backend == "auto":
+        backend, cfg = plan(x2, p)
     if backend == "gemv":
         from nmx.kernels.triton_gemv import gemv
 
-        y = gemv(x2, p)
+        y = gemv(x2, p, cfg)
     elif backend == "tc":
         from nmx.kernels.triton_tc import tc_linear
 
-        y = tc_linear(x2, p)
+        y = tc_linear(x2, p, cfg)
     elif backend == "triton":
         from nmx.kernels.triton_gemv import word_linear
 
