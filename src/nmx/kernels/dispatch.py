@@ -125,8 +125,8 @@ def plan(x: torch.Tensor, p: PackedLinear) -> tuple[str, dict | None]:
             table = _table_here(x)
             entry = lookup(table, p, m) if table else None
             got = (None, None) if entry is None else (entry["backend"], entry["config"])
-            if got[0] == "tc":
-                got = ("tc", _fit_tc(got[1], p, m))
+            if got[0] == "tc" and (entry["n"], entry["k"], entry["m"]) != (p.n, p.k, m):
+                got = ("tc", _fit_tc(got[1], p, m))  # measured on another shape or M: made legal here
             _PLANS[key] = got
         if got[0] is not None:
             return got
@@ -144,14 +144,15 @@ def plan(x: torch.Tensor, p: PackedLinear) -> tuple[str, dict | None]:
 
 
 def _fit_tc(cfg: dict, p: PackedLinear, m: int) -> dict | None:
-    """A tensor-core config measured on another shape, made legal for this one (SPLIT_K recomputed), or
-    None (the kernel's default) where its K tile does not fit."""
+    """A tensor-core config measured on another shape or M, made legal for this one (BLOCK_M and SPLIT_K
+    recomputed as triton_tc.default_config does), or None (the kernel's default) where its K tile does
+    not fit. The measured shape and M keep the measured config as it is."""
     from nmx.kernels.triton_tc import split_k
 
     bk = cfg["BLOCK_K"]
     if p.k % bk or (p.element == "int4" and p.block % bk):
         return None
-    split = split_k(math.ceil(p.n / cfg["BLOCK_N"]) * math.ceil(m / cfg["BLOCK_M"]), p.k // bk)
+    split = split_k(math.ceil(p.n / cfg["BLOCK_N"]) * math.ceil(m / 16), p.k // bk)
     return {**cfg, "BLOCK_M": 16 if m <= 16 else 32 if m <= 32 else 64, "SPLIT_K": split}
 
 
