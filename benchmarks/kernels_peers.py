@@ -414,6 +414,53 @@ def dispatch_table(res: dict) -> dict:
             "triton": __import__("triton").__version__, "date": time.strftime("%Y-%m-%d"), "entries": entries}
 
 
+def report(path: Path) -> str:
+    """Markdown tables from a kernels_peers.json (and kernels_peers_gemlite.json beside it, if there)."""
+    d = json.loads(path.read_text())
+    gl_path = path.with_name(path.name.replace("kernels_peers", "kernels_peers_gemlite"))
+    gl = json.loads(gl_path.read_text()).get("gemlite", []) if gl_path.is_file() and gl_path != path else []
+    peers = {(r["shape"], r["m"], r["impl"]): r["time_s"] for r in d.get("peers", []) if "time_s" in r}
+    best: dict = {}
+    for r in d.get("nmx", []):
+        key = (r["shape"], r["case"], r["m"])
+        if key not in best or r["time_s"] < best[key]["time_s"]:
+            best[key] = r
+    cases = list(dict.fromkeys(r["case"] for r in d.get("nmx", [])))
+    shapes = list(dict.fromkeys(r["shape"] for r in d.get("nmx", [])))
+    bw = d["copy_bw_Bps"]
+    out = [f"{d['device']}, torch {d['torch']}, triton {d['triton']}, {d['date']}; copy bandwidth "
+           f"{bw / 1e9:.0f} GB/s. Speedup over cuBLAS bf16 in the same run (g: one-token kernel, t: tensor-core "
+           "kernel); in brackets at M = 1: bytes read / time as a share of the copy bandwidth.", ""]
+    out.append("| shape | M | cuBLAS bf16 | tinygemm int4 | " + " | ".join(f"nmx {c}" for c in cases) + " |")
+    out.append("|---" * (4 + len(cases)) + "|")
+    for sname in shapes:
+        for m in d["ms"]:
+            c = peers.get((sname, m, "cublas_bf16"))
+            if c is None:
+                continue
+            tg = peers.get((sname, m, "tinygemm_int4_g128"))
+            cells = []
+            for case in cases:
+                b = best.get((sname, case, m))
+                if b is None:
+                    cells.append("-")
+                    continue
+                cell = f"{c / b['time_s']:.2f}x {b['backend'][0]}"
+                if m == 1:
+                    cell += f" ({b['bytes'] / b['time_s'] / bw:.0%})"
+                cells.append(cell)
+            out.append(f"| {sname} | {m} | {c * 1e6:.1f} us | {f'{c / tg:.2f}x' if tg else '-'} | " + " | ".join(cells) + " |")
+    if gl:
+        out += ["", "gemlite (its own process; cuBLAS timed again beside it):", "",
+                "| shape | M | impl | speedup over cuBLAS | rel. error |", "|---|---|---|---|---|"]
+        for r in gl:
+            if "speedup" in r:
+                out.append(f"| {r['shape']} | {r['m']} | {r['impl']} | {r['speedup']:.2f}x | {r['rel_err']:.1e} ({r['ref']}) |")
+            else:
+                out.append(f"| {r['shape']} | {r.get('m', '-')} | {r['impl']} | error: {r['error'][:60]} | |")
+    return "\n".join(out)
+
+
 OUT: Path | None = None
 
 
@@ -452,9 +499,13 @@ def main() -> None:
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--gemlite", action="store_true", help="only the gemlite phase (run it in its own process)")
     ap.add_argument("--verify-dispatch", action="store_true", help="only: the dispatcher against cuBLAS")
+    ap.add_argument("--report", type=Path, help="print markdown tables from a kernels_peers.json and exit")
     a = ap.parse_args()
     if a.cpu_dry_run:
         dry_run()
+        return
+    if a.report:
+        print(report(a.report))
         return
     budget = Budget(a.budget_s)
     OUT = a.out
