@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -159,12 +159,14 @@ def demo(
 
 
 class _Progress:
-    """A rich progress bar per stage ('calibrating layers', 'evaluating', ...), on stderr; shown
-    from the first update on, so an early error stays one line."""
+    """A rich progress bar per stage ('calibrating layers', 'evaluating', 'training', ...), on stderr;
+    shown from the first update on, so an early error stays one line. `describe(info)` turns the
+    optional 4th argument of an update (e.g. the training step's loss) into text beside the bar."""
 
-    def __init__(self) -> None:
+    def __init__(self, describe: Callable[[dict], str] | None = None) -> None:
         self._bar = None
         self._tasks: dict[str, int] = {}
+        self._describe = describe
 
     def __enter__(self):
         return self
@@ -174,16 +176,17 @@ class _Progress:
             self._bar.__exit__(*exc)
         return False
 
-    def __call__(self, what: str, done: int, total: int) -> None:
+    def __call__(self, what: str, done: int, total: int, info: dict | None = None) -> None:
         if self._bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True))
+                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True))
             self._bar.__enter__()
         if what not in self._tasks:
-            self._tasks[what] = self._bar.add_task(what, total=total)
-        self._bar.update(self._tasks[what], completed=done, total=total)
+            self._tasks[what] = self._bar.add_task(what, total=total, info="")
+        text = self._describe(info) if info and self._describe else ""
+        self._bar.update(self._tasks[what], completed=done, total=total, info=text)
 
 
 def _run_and_print(recipe, out, save_model: bool, as_json: bool, overwrite: bool) -> None:
@@ -340,11 +343,15 @@ app.add_typer(hw_app, name="hw")
 
 def _register_hw() -> None:
     # each part of nmx.hw keeps its commands next to its code; they import from here lazily
-    from nmx.hw import cli_accel, cli_explore, cli_gpu, cli_nonlinear, cli_timeloop
+    from nmx.hw import cli_accel, cli_explore, cli_gpu, cli_nonlinear, cli_timeloop, cli_train
 
-    for part in (cli_gpu, cli_accel, cli_timeloop, cli_nonlinear):
+    for part in (cli_gpu, cli_accel, cli_timeloop, cli_nonlinear, cli_train):
         part.register(hw_app)
     cli_explore.register(app)  # `nmx explore` is a top-level verb
+    from nmx.hw import cli_breakdown, cli_pim, cli_reasoning, cli_serve  # issue 15
+
+    for part in (cli_serve, cli_pim, cli_reasoning, cli_breakdown):
+        part.register(hw_app)
 
 
 _register_hw()
@@ -357,6 +364,24 @@ def _register_sweep() -> None:
 
 
 _register_sweep()
+
+
+def _register_train() -> None:
+    from nmx.train.cli import register  # `nmx train`: sparse training (nmx/train/)
+
+    register(app)
+
+
+_register_train()
+
+
+def _register_precision() -> None:
+    from nmx.eval.cli_precision import register  # `nmx search-precision` (nmx/eval/precision_search.py)
+
+    register(app)
+
+
+_register_precision()
 
 bench_app = typer.Typer(help="Timings of whole models (needs a CUDA GPU).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

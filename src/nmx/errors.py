@@ -15,3 +15,18 @@ class FormatError(NmxError):
 
 class InputError(NmxError):
     """A tensor, file or argument that cannot be processed as given."""
+
+
+def registry_get(registry: dict, name: object, what: str):
+    """registry[name] (case and surrounding spaces ignored), or an InputError naming the closest known
+    name and all of them: `what` says what the names are ("pruning method", "mask method", ...)."""
+    import difflib
+
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"a {what} name must be a non-empty string, got {name!r}; one of {list(registry)}")
+    key = name.strip().lower()
+    if key in registry:
+        return registry[key]
+    close = difflib.get_close_matches(key, list(registry), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InputError(f"unknown {what} {name!r}{hint} ({what}s: {', '.join(registry)})")

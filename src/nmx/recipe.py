@@ -18,7 +18,7 @@ import difflib
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,7 @@ from nmx.io import parse_yaml, read_text
 from nmx.model.layers import DEFAULT_TARGETS
 from nmx.model.sources import DEFAULT_MODEL
 from nmx.validation import Strict, as_value_error
+from nmx.train.spec import Training  # `training:` (nmx train); light: imports no model code
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,27 @@ class Sparsity(Strict):
 
 class Quantization(Strict):
     weights: Optional[str] = None
-    activations: Optional[str] = None
+    #: one format for every targeted linear's input, or one per tensor type / layer glob:
+    #: {qkv: bfp_m7_g64, o: bfp_m7_g64, up: bfp_m6_g64, down: bfp_m5_g64} (nmx.quant.tensor_types)
+    activations: Optional[Union[str, dict[str, str]]] = None
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
 
-    @field_validator("weights", "activations")
+    @field_validator("weights")
     @classmethod
     def _known_format(cls, v: Optional[str]) -> Optional[str]:
         if v is not None:
             from nmx import formats
 
             as_value_error(formats.get, v)
+        return v
+
+    @field_validator("activations")
+    @classmethod
+    def _known_activations(cls, v: Any) -> Any:
+        if v is not None:
+            from nmx.quant.tensor_types import check_activation_spec
+
+            as_value_error(check_activation_spec, v)
         return v
 
 
@@ -271,6 +283,7 @@ class Recipe(Strict):
     kv_cache: Optional[KVCacheSection] = None
     kernels: Optional[Kernels] = None
     hardware: Optional[Hardware] = None
+    training: Optional[Training] = None
 
     @field_validator("kernels", mode="before")
     @classmethod

@@ -28,7 +28,14 @@ PE kinds (all from the same parameters):
               (other M, unstructured, dense) runs dense: one K position per lane per cycle.
   bit-serial  the lane consumes bits_per_cycle activation bits per cycle (Stripes-style):
               passes = ceil(act_bits / bits_per_cycle) cycles per MAC, on a
-              bits_per_cycle x weight_bits multiplier + shift-add.
+              bits_per_cycle x weight_bits multiplier + shift-add. BFP activations (bfp_mM_gG,
+              Anda-style) stream only their M mantissa bit-planes (the sign plane selects add or
+              subtract): passes = ceil(M / bits_per_cycle) + serial_overhead (fixed cycles per MAC
+              sequence: the shared-exponent add and the FP32 accumulation across groups).
+              `bitplane` (an on-the-fly compressor turning BFP activations into bit-planes) costs
+              (act_bits + 8) adder bit-slices per activation element (mantissa alignment, the
+              group's max-exponent compare) in the `decode` energy, and one 16-bit adder per array
+              column of area; it is pipelined, so it adds no cycles.
   Operands wider than the datapath take ceil(op_bits / datapath_bits) passes per operand.
   Energy per pass is evaluated at the operand width capped by the datapath (upper zero bits of a
   narrower operand do not switch -- an approximation).
@@ -113,7 +120,11 @@ PARAMS = {
     "sparsity_mode": "0 none / 1 gate / 2 skip", "overlap": "1 = overlap compute and memory",
     "tile_m": "buffer tile m (0 auto)", "tile_n": "buffer tile n (0 auto)", "tile_k": "buffer tile k (0 auto)",
     "loops_m": "DRAM-level loops over m (0 auto)", "loops_n": "(n)", "loops_k": "(k)",
+    "serial_overhead": "bit-serial: fixed cycles per MAC sequence (exponent add, FP32 accumulate)",
+    "bitplane": "1 = on-the-fly bit-plane compressor for BFP activations",
 }
+#: parameters a parameter dict may leave out (their default keeps the model as it was without them)
+OPTIONAL_PARAMS = {"serial_overhead": 0, "bitplane": 0}
 
 
 # ---- problems -----------------------------------------------------------------------------------
@@ -141,6 +152,9 @@ class Gemm:
     w_meta_bits: tuple[float, ...]
     x_bits: tuple[float, ...]
     x_meta_bits: tuple[float, ...]
+    #: BFP activations: the mantissa bits a bit-serial PE streams (the sign selects add / subtract);
+    #: 0 for any other format (a bit-serial PE streams all act_bits)
+    act_serial_bits: int = 0
 
     @property
     def macs(self) -> float:
@@ -229,7 +243,8 @@ def gemm_problem(m: int, n: int, k: int, *, weights: str | None = None, activati
     x_bits, x_meta = _operand_sizes((m, k), act_density, ab, x_scale, None, None)
     return Gemm(name, int(m), int(n), int(k), float(count), ab, wb, int(out_bits), wkind,
                 pat.n if isinstance(pat, NMPattern) else 0, pat.m if isinstance(pat, NMPattern) else 0,
-                density, float(act_density), w_bits, w_meta, x_bits, x_meta)
+                density, float(act_density), w_bits, w_meta, x_bits, x_meta,
+                act_serial_bits=int(getattr(af, "mantissa_bits", 0) or 0) if getattr(af, "family", "") == "bfp" else 0)
 
 
 def problems_from_workload(workload: Any) -> list[Problem]:
@@ -248,6 +263,12 @@ def problems_from_workload(workload: Any) -> list[Problem]:
             kv = op.kv_len - (op.q_len - 1) / 2 if op.causal else op.kv_len  # mean visible keys (causal)
             kv = max(1, int(round(kv)))
             cnt = op.count * op.batch * op.heads_kv
+            # an attention op with r x the forward's FLOPs (a backward pass, nmx.hw.training) runs its
+            # two GEMMs r times; r is exactly 1 for a forward pass (the same expression as attention_op)
+            pairs = op.q_len * op.kv_len - (op.q_len * (op.q_len - 1) // 2 if op.causal else 0)
+            forward = 4.0 * op.batch * op.heads_q * pairs * op.head_dim
+            if forward > 0 and op.flops > 0 and abs(op.flops / forward - 1.0) > 1e-9:
+                cnt *= op.flops / forward
             if op.kv_bytes_read:  # a decode step: the cache's bytes as the workload counts them (its KV
                 # policy's real layout) plus the new token, per sequence, KV head and tensor (K or V)
                 kvb = (op.kv_bytes_read + op.kv_bytes_written) / (2 * op.batch * op.heads_kv)
@@ -286,6 +307,7 @@ def params_from_spec(spec: AccelSpec) -> dict[str, Any]:
         "sparsity_mode": SPARSITY_MODES.index(spec.sparsity_mode), "overlap": int(spec.overlap),
         "tile_m": spec.tile[0], "tile_n": spec.tile[1], "tile_k": spec.tile[2],
         "loops_m": spec.loops[0], "loops_n": spec.loops[1], "loops_k": spec.loops[2],
+        "serial_overhead": spec.serial_overhead, "bitplane": int(spec.bitplane),
     }
 
 
@@ -374,6 +396,7 @@ class _Design:
     """Parameters as arrays plus the design-only quantities (tech scales, areas, SRAM energy)."""
 
     def __init__(self, params: dict[str, Any]):
+        params = {**OPTIONAL_PARAMS, **params}
         missing = [k for k in PARAMS if k not in params]
         if missing:
             raise InputError(f"accelerator parameters missing: {', '.join(missing)}")
@@ -411,7 +434,7 @@ class _Design:
             "mux": npe * p["lanes"] * mux_a * self.as_,
             "reg": npe * p["reg_bytes"] * 8 * reg_um2 * self.as_,
             "glb": p["glb_kb"] * 1024 * 8 * cell,
-            "decode": p["cols"] * t45.add_area_um2("int", 16) * self.as_,
+            "decode": p["cols"] * t45.add_area_um2("int", 16) * self.as_ * (1 + (p["bitplane"] > 0)),
         }
         self.area_total = sum(self.area.values())
         self.sram_pj_bit = t45.sram_read_energy_pj_per_bit(p["glb_kb"] * 1024.0) * self.es
@@ -449,7 +472,10 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
     R, C, lanes = p["rows"], p["cols"], p["lanes"]
     # -- operand widths and passes
     a_dp = np.where(d.bs, p["bits_per_cycle"], p["act_bits"])
-    passes = np.ceil(g.act_bits / a_dp) * np.ceil(g.weight_bits / p["weight_bits"])
+    serial = d.bs & (g.act_serial_bits > 0)  # BFP on a bit-serial PE: mantissa bits only (+ fixed overhead)
+    a_stream = np.where(serial, g.act_serial_bits, g.act_bits)
+    passes = (np.ceil(a_stream / a_dp) + np.where(d.bs, p["serial_overhead"], 0)) \
+        * np.ceil(g.weight_bits / p["weight_bits"])
     a_e = np.minimum(g.act_bits, a_dp)
     w_e = np.minimum(g.weight_bits, p["weight_bits"])
     acc = np.where(d.fp, 32, np.minimum(g.act_bits, p["act_bits"]) + w_e + 16)
@@ -549,7 +575,8 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
         "mux": np.where(p["nm_group"] > 0, executed * passes * a_e * np.log2(d.fan_in) * d.bit_pj, 0.0),
         "glb": glb * 8 * d.sram_pj_bit,
         "dram": dram * 8 * p["dram_pj_per_bit"],
-        "decode": meta_to_array * 8 * d.bit_pj,
+        "decode": meta_to_array * 8 * d.bit_pj
+        + np.where((p["bitplane"] > 0) & (g.act_serial_bits > 0), g.m * g.k * (g.act_bits + 8) * d.bit_pj, 0.0),
         "vector": np.zeros(()),
     }
     return {"cycles": cycles, "compute": compute, "glb_cyc": glb_cyc, "dram_cyc": dram_cyc, "busy": busy,

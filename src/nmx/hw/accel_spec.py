@@ -19,6 +19,8 @@ An accelerator file (every field, with its default; see examples/hw/*.yaml):
       nm_group: 4                  # nm kinds: M of the N:M hardware (mux fan-in)
       nm_supported: [2]            # nm kinds: the N values run natively (nm_fixed: exactly one)
       bits_per_cycle: 1            # bit_serial: activation bits consumed per cycle
+      serial_overhead_cycles: 0    # bit_serial: fixed cycles per MAC sequence (BFP: exponent add + FP32 acc)
+      bitplane_compressor: false   # bit_serial: on-the-fly BFP bit-plane compressor (energy and area)
     memory:                        # inner to outer: exactly one reg, one sram and one dram level
       - {name: reg, kind: reg, bytes_per_pe: 64}
       - {name: glb, kind: sram, capacity_kb: 256, bandwidth_bytes_per_cycle: 64}
@@ -81,6 +83,8 @@ class PE(Strict):
     nm_group: Optional[int] = Field(None, ge=2, le=32)
     nm_supported: Optional[list[int]] = None
     bits_per_cycle: int = Field(1, ge=1, le=64)
+    serial_overhead_cycles: int = Field(0, ge=0, le=64)
+    bitplane_compressor: bool = False
 
     @model_validator(mode="after")
     def _nm(self) -> "PE":
@@ -98,6 +102,8 @@ class PE(Strict):
                 raise ValueError("nm_supported: a nm_fixed PE supports exactly one N (use nm_reconfig for several)")
         if self.kind != "bit_serial" and self.bits_per_cycle != 1:
             raise ValueError("bits_per_cycle applies to bit_serial PEs only")
+        if self.kind != "bit_serial" and (self.serial_overhead_cycles or self.bitplane_compressor):
+            raise ValueError("serial_overhead_cycles / bitplane_compressor apply to bit_serial PEs only")
         if self.kind == "bit_serial" and self.bits_per_cycle > self.act_bits:
             raise ValueError(f"bits_per_cycle {self.bits_per_cycle} exceeds act_bits {self.act_bits}")
         return self
@@ -221,6 +227,8 @@ class AccelSpec:
     overlap: bool
     tile: tuple[int, int, int] = (0, 0, 0)  # (m, n, k), 0 = automatic
     loops: tuple[int, int, int] = (0, 0, 0)  # DRAM-level loop counts, 0 = ceil(dim / tile)
+    serial_overhead: int = 0  # bit-serial: fixed cycles per MAC sequence
+    bitplane: bool = False  # bit-plane compressor for BFP activations
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -285,7 +293,8 @@ def accel_from_dict(data: Any, where: str = "accelerator") -> AccelSpec:
         weights_format=y.sparsity.weights_format, activations_format=y.sparsity.activations_format,
         sparsity_mode=y.sparsity.mode, overlap=y.overlap,
         tile=(mp.tile.m or 0, mp.tile.n or 0, mp.tile.k or 0),
-        loops=(mp.loops.m or 0, mp.loops.n or 0, mp.loops.k or 0), source=where)
+        loops=(mp.loops.m or 0, mp.loops.n or 0, mp.loops.k or 0), serial_overhead=y.pe.serial_overhead_cycles,
+        bitplane=y.pe.bitplane_compressor, source=where)
 
 
 def load_accel(path: str | Path) -> AccelSpec:

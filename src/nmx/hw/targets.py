@@ -57,6 +57,8 @@ from nmx.validation import Strict
 #: efficiencies were fitted on measured kernels (nmx.hw.gpu)
 DEFAULT_TARGET = "h200"
 LLM_PHASES = ("prefill", "decode")
+#: what GPUs and accelerator designs price: an LLM step, or a training step (nmx.hw.training)
+STEP_PHASES = LLM_PHASES + ("train",)
 KINDS = ("gpu", "accelerator", "timeloop")
 
 
@@ -102,7 +104,7 @@ class GpuModel:
     impl: str = "pytorch"
     source: str = "preset"
     kind: ClassVar[str] = "gpu"
-    phases: ClassVar[tuple[str, ...]] = LLM_PHASES
+    phases: ClassVar[tuple[str, ...]] = STEP_PHASES
 
     def __post_init__(self) -> None:
         from nmx.hw.gpu import IMPLS
@@ -145,7 +147,7 @@ class AccelModel:
     spec: Any  # nmx.hw.accel_spec.AccelSpec
     source: str = "preset"
     kind: ClassVar[str] = "accelerator"
-    phases: ClassVar[tuple[str, ...]] = LLM_PHASES
+    phases: ClassVar[tuple[str, ...]] = STEP_PHASES
 
     @property
     def name(self) -> str:
@@ -374,6 +376,10 @@ def load_target_file(path: str | Path, gpu_impl: str = "pytorch") -> Target:
         return AccelModel(accel_from_dict({k: v for k, v in data.items() if k != "kind"}, where), where)
     if kind == "timeloop":
         return timeloop_from_dict(data, where, path.parent)
+    if kind == "pim":  # a GPU with bank-level compute in its DRAM (nmx.hw.pim)
+        from nmx.hw.pim import PimModel, pim_from_dict
+
+        return PimModel(pim_from_dict(data, where), gpu_impl, where)
     if "kind" in data:
         raise InputError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {data['kind']!r}")
     raise InputError(f"{where}: a hardware target file says what it describes with kind: gpu, accelerator or "
@@ -427,6 +433,10 @@ def get_target(spec: Any, gpu_impl: str = "pytorch") -> Target:
     accel = _accel_preset_files()
     if key in accel:
         return AccelModel(load_accel(accel[key]), "preset")
+    from nmx.hw.pim import get_pim, pim_presets  # near-memory presets (nmx.hw.pim, `nmx hw pim`)
+
+    if key in pim_presets():
+        return get_pim(key, gpu_impl)
     path = Path(key).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or path.exists() or os.sep in key:
         return load_target_file(path, gpu_impl)

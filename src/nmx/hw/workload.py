@@ -140,6 +140,12 @@ def shape_from_config(config: Any, name: str | None = None) -> ModelShape:
                          "vocab_size)") from None
 
 
+#: the workload's Llama-block linears (ModelShape.linears) by activation tensor type (nmx.quant.tensor_types
+#: resolves a real model's from its structure; the workload's block is always this one)
+LLAMA_TENSOR_TYPES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                      "o": ("self_attn.o_proj",), "up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+
+
 @dataclass(frozen=True)
 class Compression:
     """What a recipe does to the step: weight / activation formats on the targeted linears, a
@@ -147,10 +153,12 @@ class Compression:
     quantization with its axes, groups, residual window and sinks, eviction to a budget, merging;
     priced at the bytes that cache keeps, `nmx.hw.kvcache`) or, without a policy, one format for
     every cached token (`kv_format`, blocks along head_dim). `layer_bits` (from a result folder)
-    gives the real storage of each linear, name -> bits per instance, overriding the estimate."""
+    gives the real storage of each linear, name -> bits per instance, overriding the estimate.
+    `activations` is one format, or per tensor type / layer glob ({qkv: ..., o: ..., up: ..., down: ...},
+    as recipes write it; kept as a tuple of pairs): `act_format(name)` gives a linear's."""
 
     weights: str | None = None
-    activations: str | None = None
+    activations: Any = None  # str | None | mapping {tensor type or glob: format}
     pattern: str | None = None
     targets: tuple[str, ...] = DEFAULT_TARGETS
     kv_format: str | None = None
@@ -161,7 +169,13 @@ class Compression:
         from nmx import formats
         from nmx.sparsity.patterns import parse_pattern
 
-        for f in ("weights", "activations", "kv_format"):
+        if isinstance(self.activations, (dict, tuple)):
+            from nmx.quant.tensor_types import check_activation_spec
+
+            spec = dict(self.activations)
+            check_activation_spec(spec)
+            object.__setattr__(self, "activations", tuple(spec.items()))
+        for f in ("weights", "kv_format") + (("activations",) if isinstance(self.activations, str) else ()):
             if getattr(self, f):
                 formats.get(getattr(self, f))  # raises a FormatError naming the bad name
         if self.pattern is not None:
@@ -204,9 +218,29 @@ class Compression:
         full = f"model.layers.0.{name}"
         return any(fnmatchcase(full, t) for t in self.targets)
 
+    def act_format(self, name: str) -> str | None:
+        """The activation format of the workload's linear `name` (a Llama-block name, see
+        ModelShape.linears): tensor types first, then globs on `model.layers.0.<name>`."""
+        if not isinstance(self.activations, tuple):
+            return self.activations
+        fmt = None
+        spec = dict(self.activations)
+        for ttype, names in LLAMA_TENSOR_TYPES.items():
+            if name in names and ttype in spec:
+                fmt = spec[ttype]
+        for key, f in spec.items():
+            if key not in LLAMA_TENSOR_TYPES and fnmatchcase(f"model.layers.0.{name}", key):
+                fmt = f
+        return fmt
+
+    def _describe_activations(self) -> str:
+        if isinstance(self.activations, tuple):
+            return "{" + ", ".join(f"{k}: {v}" for k, v in self.activations) + "}"
+        return self.activations or "bf16"
+
     def describe(self) -> str:
         parts = [f"weights {self.weights or 'bf16'}", f"sparsity {self.pattern or 'none'}",
-                 f"activations {self.activations or 'bf16'}", self.describe_kv()]
+                 f"activations {self._describe_activations()}", self.describe_kv()]
         return ", ".join(parts)
 
 
@@ -271,6 +305,10 @@ class Workload:
     kv_cache_bytes: float = 0.0
     kv_kept_tokens: int = 0  # tokens per sequence that cache holds (the eviction budget caps it)
     kv_exact: bool = True  # False: an eviction method that scores tokens, estimated (nmx.hw.kvcache)
+    #: decode with n candidates per prompt (reasoning, best-of-n): `batch` counts sequences (prompts x n);
+    #: the first `shared_prefix` cached tokens of each prompt are stored and read once for its n candidates
+    parallel_samples: int = 1
+    shared_prefix: int = 0
 
     def total(self, attr: str) -> float:
         return sum(getattr(op, attr) * op.count for op in self.ops)
@@ -378,9 +416,18 @@ def _elementwise(name: str, kind: str, count: int, rows: int, width: int, inputs
 
 
 def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode", *, batch: int = 1,
-                 tokens: int = 2048, context: int = 2048, compression: Compression | None = None) -> Workload:
+                 tokens: int = 2048, context: int = 2048, compression: Compression | None = None,
+                 parallel_samples: int = 1, shared_prefix: int | None = None) -> Workload:
     """The ops of one prefill of `tokens` tokens per sequence, or of one decode step with
-    `context` tokens already cached, for `batch` sequences."""
+    `context` tokens already cached, for `batch` sequences.
+
+    `parallel_samples` n > 1 (decode only): each of the `batch` prompts has n candidates decoding
+    together (reasoning, best-of-n). The step runs batch * n sequences (the GEMMs see M = batch * n
+    rows, so the weights are read once for all of them); of the `context` cached tokens of each
+    candidate, the first `shared_prefix` (default: all of them, the candidates just forked) are the
+    prompt's, stored and read once per prompt, the rest are each candidate's own. Every candidate
+    attends to all `context` + 1 tokens (the FLOPs do not shrink). The workload's `batch` is then
+    batch * n. A prefill is the prompt's, once: n changes nothing there. With n = 1 nothing changes."""
     shape, from_result = resolve_model(model)
     comp = compression if compression is not None else (from_result or Compression())
     if phase not in PHASES:
@@ -388,6 +435,13 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     check_size("batch (--batch)", batch)
     check_size("tokens (--tokens)", tokens)
     check_size("context (--context)", context, minimum=0)
+    n_par = check_size("parallel_samples (--parallel-samples)", parallel_samples)
+    prefix = context if shared_prefix is None else check_size("shared_prefix (--shared-prefix)", shared_prefix, 0)
+    if prefix > context:
+        raise InputError(f"shared_prefix {prefix} is longer than the context {context} it is part of")
+    if phase == "prefill" or n_par == 1:
+        n_par, prefix = 1, 0
+    batch = batch * n_par  # sequences in the step
     q = tokens if phase == "prefill" else 1
     ctx = 0 if phase == "prefill" else context
     if batch * q > MAX_SIZE or ctx + q > MAX_SIZE:
@@ -395,7 +449,8 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
                          f"(at most {MAX_SIZE:,} tokens in one step or in the cache)")
     m, L, s = batch * q, shape.layers, shape
     real_bits = dict(comp.layer_bits)
-    attention = _attention_with_cache(s, comp, phase, batch, q, ctx)
+    attention = _attention_with_cache(s, comp, phase, batch, q, ctx) if n_par == 1 else \
+        _shared_prefix_attention(s, comp, batch // n_par, n_par, ctx, prefix)
     ops: list[Op] = [Op("embed_tokens", "embedding", 1, flops=0.0, bytes_read=float(m * s.hidden * BF16_BYTES),
                         bytes_written=float(m * s.hidden * BF16_BYTES))]
     norm = _elementwise("input_layernorm", "norm", L, m, s.hidden, 1, s.hidden, 4.0, "rsqrt")
@@ -403,7 +458,7 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     for name, (n, k) in s.linears().items():
         on = comp.targets_layer(name)
         ops.append(gemm_op(name, m, n, k, L, weights=comp.weights if on else None,
-                           activations=comp.activations if on else None, pattern=comp.pattern if on else None,
+                           activations=comp.act_format(name) if on else None, pattern=comp.pattern if on else None,
                            weight_bits=real_bits.get(name)))
         if name == "self_attn.v_proj":
             ops.append(attention["op"])
@@ -416,7 +471,37 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     lm_m = batch
     ops.append(gemm_op("lm_head", lm_m, s.vocab, s.hidden, 1))
     return Workload(s, phase, batch, q, ctx, comp, tuple(ops), kv_cache_bytes=attention["cache_bytes"],
-                    kv_kept_tokens=attention["kept"], kv_exact=attention["exact"])
+                    kv_kept_tokens=attention["kept"], kv_exact=attention["exact"], parallel_samples=n_par,
+                    shared_prefix=prefix)
+
+
+def _shared_prefix_attention(s: ModelShape, comp: Compression, prompts: int, n: int, ctx: int, prefix: int
+                             ) -> dict[str, Any]:
+    """The decode attention of `prompts` x `n` candidates whose first `prefix` cached tokens are the
+    prompt's (stored once per prompt) and the other ctx - prefix each candidate's own. Every
+    candidate attends to ctx + 1 tokens. With a KV policy the prompt's part is the cache of `prefix`
+    tokens and each candidate's own part the difference between the caches of ctx and prefix tokens
+    (exact for quantization without eviction; eviction of a shared prefix is an estimate)."""
+    L = s.layers
+    if comp.kv_policy is None:
+        cache_layer = prompts * (kv_bytes(s, prefix, comp.kv_format) + n * kv_bytes(s, ctx - prefix, comp.kv_format))
+        op = attention_op("self_attn.attention", prompts * n, 1, ctx + 1, s.heads_q, s.heads_kv, s.head_dim, L,
+                          comp.kv_format, model=s, kv_read_bytes=cache_layer)
+        return {"op": op, "cache_bytes": L * cache_layer, "kept": ctx, "exact": True}
+    import torch
+
+    from nmx.hw.kvcache import kv_cache_bytes, kv_cache_layout
+
+    policy = comp.kv_policy
+    shared = kv_cache_bytes(policy, s, prefix, prompts)
+    cache = shared + n * (kv_cache_bytes(policy, s, ctx, prompts) - shared)
+    layout = kv_cache_layout(policy, s, ctx)
+    fp = torch.empty(0, dtype=policy.fp_dtype(torch.bfloat16)).element_size()
+    new = prompts * n * 2 * s.heads_kv * s.head_dim * fp
+    op = attention_op("self_attn.attention", prompts * n, 1, layout.kept + 1, s.heads_q, s.heads_kv, s.head_dim, L,
+                      comp.kv_element_format, model=s, kv_read_bytes=cache / L, kv_written_bytes=float(new))
+    return {"op": op, "cache_bytes": float(cache), "kept": layout.kept,
+            "exact": layout.exact and layout.kept == ctx}
 
 
 def _attention_with_cache(s: ModelShape, comp: Compression, phase: str, batch: int, q: int, ctx: int
@@ -544,7 +629,7 @@ def from_result(result: Any, where: str = "result", name: str = "model") -> tupl
         sums.setdefault(short, []).append(float(bits))
     bits = tuple((k, sum(v) / len(v)) for k, v in sorted(sums.items()))
     weights = _field(qz, "weights", str, f"{rwhere}.quantization", required=False)
-    activations = _field(qz, "activations", str, f"{rwhere}.quantization", required=False)
+    activations = _field(qz, "activations", (str, dict), f"{rwhere}.quantization", required=False)
     pattern = _field(sp, "pattern", str, f"{rwhere}.sparsity", required=False)
     try:
         comp = Compression(weights=weights, activations=activations, pattern=pattern, targets=targets,

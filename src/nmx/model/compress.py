@@ -22,7 +22,9 @@ from nmx.eval.text import load_text
 from nmx.model.calibrate import sequential
 from nmx.model.layers import DEFAULT_TARGETS, match_linears
 from nmx.model.sources import LoadedModel
-from nmx.quant import attach_activation_quant, quantize_weights
+from nmx.quant import attach_activation_formats, quantize_weights
+from nmx.quant.bops import bops_block
+from nmx.quant.tensor_types import activation_formats, linear_types
 from nmx.recipe import Recipe
 from nmx.sparsity.methods import LayerStats, get_method
 from nmx.sparsity.patterns import NMPattern, parse_pattern
@@ -122,16 +124,31 @@ def compress(
     quant_targets = _quant_targets(model, qz) if qz else {}
     if weight_fmt:
         quantize_weights(quant_targets, weight_fmt)  # idempotent after a joint SparseGPT pass
-    hooks = attach_activation_quant(quant_targets, qz.activations) if qz and qz.activations else []
-    counted = {**pruned_targets, **quant_targets} or match_linears(model, DEFAULT_TARGETS)
+    act_formats = activation_formats(model, qz.activations, _act_targets(qz)) if qz and qz.activations else {}
+    modules = dict(model.named_modules())
+    counted = {**pruned_targets, **quant_targets, **{n: modules[n] for n in act_formats}} \
+        or match_linears(model, DEFAULT_TARGETS)
+    types = linear_types(model, list(counted))  # before the hooks: a short traced forward
+    hooks = attach_activation_formats(model, act_formats)
     record = account(counted, set(pruned_targets), set(quant_targets) if weight_fmt else set(), recipe)
     record["activation_hooks"] = len(hooks)
+    record["bops"] = bops_block({n: {"shape": rec["shape"], "nonzero": rec["nonzero"], "act_format": act_formats.get(n),
+                                     "weight_format": weight_fmt if n in quant_targets else None,
+                                     "tensor_type": types.get(n)} for n, rec in record["layers"].items()})
     record["masks"] = masks  # tensors: the runner saves them with --save-model, never into JSON
     return record
 
 
 def _quant_targets(model: Any, qz: Any) -> dict[str, torch.nn.Linear]:
-    return match_linears(model, qz.targets) if qz and (qz.weights or qz.activations) else {}
+    """The linears `targets` selects: weights quantized, and activations when one format covers them all
+    (a per-tensor-type mapping finds its linears itself, see `_act_targets`)."""
+    return match_linears(model, qz.targets) if qz and (qz.weights or isinstance(qz.activations, str)) else {}
+
+
+def _act_targets(qz: Any) -> list[str] | None:
+    """The globs activations are restricted to: always for one format; for a per-tensor-type mapping
+    only when the recipe sets `targets` (the tensor types find their linears in any architecture)."""
+    return list(qz.targets) if isinstance(qz.activations, str) or "targets" in qz.model_fields_set else None
 
 
 def layer_bits(weight: torch.Tensor, weight_fmt: str | None, pattern: Any | None) -> dict[str, Any]:

@@ -33,3 +33,13 @@ def attach_activation_quant(linears: dict[str, torch.nn.Linear], fmt_name: str) 
         return (fmt.quantize(x, dim=-1).to(x.dtype), *args[1:])
 
     return [m.register_forward_pre_hook(hook) for m in linears.values()]
+
+
+def attach_activation_formats(model: torch.nn.Module, by_name: dict[str, str]) -> list[Any]:
+    """Quantize the input of each linear named in `by_name` (full name -> format name, e.g. from
+    `nmx.quant.tensor_types.activation_formats`); returns the hook handles."""
+    modules = dict(model.named_modules())
+    handles: list[Any] = []
+    for fmt_name in dict.fromkeys(by_name.values()):
+        handles += attach_activation_quant({n: modules[n] for n, f in by_name.items() if f == fmt_name}, fmt_name)
+    return handles

@@ -24,13 +24,12 @@ Masks follow `nmx.sparsity.masks`: exact counts, ties kept by lower index, no ra
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from nmx.errors import InputError
+from nmx.errors import InputError, registry_get
 from nmx.sparsity.masks import mask_for
 from nmx.sparsity.patterns import Pattern, parse_pattern
 from nmx.sparsity.sparsegpt import check_weight, sparsegpt
@@ -218,11 +217,4 @@ METHODS: dict[str, Magnitude | Wanda | SparseGPT] = {m.name: m for m in (Magnitu
 
 def get_method(name: str) -> Magnitude | Wanda | SparseGPT:
     """The pruning method called `name` (case and surrounding spaces ignored)."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"a pruning method name must be a non-empty string, got {name!r}; one of {list(METHODS)}")
-    key = name.strip().lower()
-    if key in METHODS:
-        return METHODS[key]
-    close = difflib.get_close_matches(key, list(METHODS), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"unknown pruning method {name!r}{hint} (methods: {', '.join(METHODS)})")
+    return registry_get(METHODS, name, "pruning method")
