@@ -26,8 +26,9 @@ bytes shrink, its compute stays at `dtype`'s rate.
 
 Presets cite their datasheets; `h200` is calibrated on kernels measured on the lent H200
 (src/nmx/hw/data/h200_measured.csv, by benchmarks/gpu_calibrate.py; fitted by
-benchmarks/gpu_fit.py), `h100-sxm` shares its calibration (the same chip, other memory), and the
-other presets use the H200's efficiencies as defaults -- uncalibrated, and say so.
+benchmarks/gpu_fit.py), `h100-sxm` shares its calibration (the same chip, other memory) except for
+nmx's own kernels, measured on an H100, and the other presets use the H200's efficiencies as
+defaults -- uncalibrated, and say so.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class GpuTarget:
     # pattern, e.g. "gemv:e2m1.ue4m3+24" (nvfp4, 2:4); see `nmx_decode_key`
     decode_s_per_weight: dict[str, float] = field(default_factory=dict)
     graph_launch_s: float = 2.5e-6  # fixed cost of a kernel replayed from a CUDA graph
+    # nmx's 2..64-token paths (impl "nmx"): the measured dispatch table of nmx.kernels for this chip
+    # ("h100": sm_90), whose speedup over cuBLAS scales the modelled cuBLAS time; None: cuBLAS
+    dispatch_table: str | None = None
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -117,6 +121,7 @@ _H200_FIT: dict[str, Any] = dict(
     # nmx's one-token kernel: `python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_h200_run6.json`
     # (fit on 4096x4096 and 11008x4096: median error 3.8 %; held-out 4096x11008: 11 %, max 16 %)
     graph_launch_s=2.5e-6,
+    dispatch_table="h100",  # the same SMs: the H100's measured table is the one nmx.kernels uses on an H200
     decode_s_per_weight={
         "gemv:bf16+24": 5.05e-13, "gemv:e2m1.e8m0": 3.2e-13, "gemv:e2m1.e8m0+24": 3.8e-13,
         "gemv:e2m1.ue4m3": 3.52e-13, "gemv:e2m1.ue4m3+24": 5.13e-13, "gemv:e4m3": 3.75e-13, "gemv:e4m3+24": 4.32e-13,
@@ -124,15 +129,27 @@ _H200_FIT: dict[str, Any] = dict(
     calibration="fitted on the H200 measurements in src/nmx/hw/data/h200_measured.csv and h200_nmx_kernels.csv "
                 "(2026-11-29)")
 
+# H100 SXM: the H200's fit for cuBLAS and memory (the same chip, HBM3 at 3.35 TB/s); nmx's one-token kernel
+# re-fitted on the H100 itself: `python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_peers_h100.json
+# --target h100-sxm --write-csv` (2026-12-07; fit on 4096x4096 and 11008x4096: median error 1.1 %, max 6 %;
+# held-out 4096x11008, 1024x4096, 14336x4096, 4096x14336: median 5.2 %, max 16 %)
+_H100_FIT: dict[str, Any] = {
+    **_H200_FIT, "graph_launch_s": 2.71e-6,
+    "decode_s_per_weight": {
+        "gemv:e2m1.e8m0": 2.94e-13, "gemv:e2m1.e8m0+24": 3.32e-13, "gemv:e2m1.ue4m3": 3.27e-13,
+        "gemv:e2m1.ue4m3+24": 4.14e-13, "gemv:e4m3": 3.92e-13, "gemv:int4.fp16": 2.21e-13, "gemv:int4.fp16+24": 2.9e-13},
+    "calibration": "cuBLAS and memory: the H200's fit (same chip, HBM3 at 3.35 TB/s); nmx's kernels: measured on an "
+                   "H100 (src/nmx/hw/data/h100_nmx_kernels.csv, the dispatch table of nmx.kernels)"}
+
 # the decode rates of nmx's kernels are per SM and clock: they do not carry over to another chip
-_UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {},
+_UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {}, "dispatch_table": None,
                  "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
 
 PRESETS: dict[str, GpuTarget] = {t.name: t for t in (
     GpuTarget("h200", 132, 4.8e12, _HOPPER, True, 60e6,
               "NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 SXM tensor-core rates", **_H200_FIT),
     GpuTarget("h100-sxm", 132, 3.35e12, _HOPPER, True, 50e6, "NVIDIA H100 Tensor Core GPU datasheet (SXM5)",
-              **{**_H200_FIT, "calibration": "the H200's fit (same chip, HBM3 at 3.35 TB/s); not measured on an H100"}),
+              **_H100_FIT),
     # NVIDIA A100 datasheet (80GB SXM): 2.039 TB/s; bf16 312 TFLOPS, int8 624 TOPS, tf32 156; 108 SMs, 40 MB L2.
     GpuTarget("a100-80gb", 108, 2.039e12, {"bf16": 312 * T, "fp16": 312 * T, "int8": 624 * T, "tf32": 156 * T},
               True, 40e6, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", **_UNCALIBRATED),
@@ -189,19 +206,38 @@ def nmx_decode_key(weights: str | None, sparsity: str | None) -> str:
     return f"gemv:{element}{'.' + scale if scale else ''}{'+24' if sparsity else ''}"
 
 
+def _dispatch_entry(t: GpuTarget, m: int, n: int, k: int, sparsity: str | None, weights: str | None) -> dict | None:
+    """The entry of nmx.kernels' measured dispatch table that `linear` would follow on this chip, if any."""
+    if t.dispatch_table is None or m > 64:
+        return None
+    from nmx.kernels.dispatch import lookup_case, measured_table
+
+    table = measured_table("NVIDIA H100", (9, 0)) if t.dispatch_table == "h100" else None
+    case = ("2:4+" if sparsity else "") + (weights or "bf16")
+    return lookup_case(table, case, n, k, m) if table else None
+
+
 def _nmx_gemm(t: GpuTarget, m: int, n: int, k: int, sparsity: str | None, weights: str | None) -> dict[str, Any]:
     """nmx's kernels as `nmx.kernels.linear` dispatches them, replayed from a CUDA graph (as a decode
     engine runs them). One token: the packed-weight kernel, `graph_launch_s` + the larger of its
     decode time (seconds per weight fitted per format on measurements) and its bytes at the gemm
-    bandwidth. 2..64 tokens: cuBLAS on the weight decoded once (dense bf16); more tokens: 2:4 bf16 as
-    the faster of the sparse tensor cores and cuBLAS, other formats dense bf16."""
+    bandwidth. 2..64 tokens: the path nmx.kernels' measured dispatch table picks on this chip (the
+    tensor-core kernel: the modelled cuBLAS time divided by its measured speedup; else cuBLAS on the
+    weight decoded once, dense bf16); more tokens: 2:4 bf16 as the faster of the sparse tensor cores and
+    cuBLAS, other formats dense bf16."""
     if weights is None and sparsity is None:  # a plain bf16 weight: not packed, cuBLAS
         return gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx"}
     if m > 1:
         if m > 64 and sparsity == "2:4" and weights is None:
             return min((gemm(t, m, n, k, "bf16", s, None, "ideal") for s in ("2:4", None)),
                        key=lambda r: r["latency_s"]) | {"impl": "nmx"}
-        return gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx", "weights": weights}
+        dense = gemm(t, m, n, k, "bf16", None, None, "ideal") | {"impl": "nmx", "weights": weights}
+        entry = _dispatch_entry(t, m, n, k, sparsity, weights)
+        if entry is None or entry["backend"] == "dense":
+            return dense | {"path": "cuBLAS on the decoded weight"}
+        ratio = entry["cublas_s"] / entry["time_s"]  # measured speedup of the chosen nmx kernel over cuBLAS
+        return dense | {"latency_s": dense["latency_s"] / ratio, "path": f"{entry['backend']} (measured {ratio:.2f}x "
+                        f"cuBLAS at {entry['n']}x{entry['k']}, M = {entry['m']})"}
     key = nmx_decode_key(weights, sparsity)
     if key not in t.decode_s_per_weight:
         raise InputError(f"{t.name} has no measurement of nmx's kernel {key!r} (impl 'nmx' is calibrated on: "

@@ -84,17 +84,21 @@ def case_name(p: PackedLinear) -> str:
 def lookup(table: dict, p: PackedLinear, m: int) -> dict | None:
     """The table's entry for this weight and M: its own shape if measured, else the nearest measured
     shape of the same case (by log N x K); M rounded up to a measured M. None past 64 tokens."""
+    return lookup_case(table, case_name(p), p.n, p.k, m)
+
+
+def lookup_case(table: dict, case: str, n: int, k: int, m: int) -> dict | None:
+    """`lookup` by name: case "[2:4+]FORMAT", shape N x K, M tokens."""
     mm = next((v for v in MEASURED_M if v >= m), None)
     if mm is None:
         return None
-    case = case_name(p)
-    got = table.get((case, p.n, p.k, mm))
+    got = table.get((case, n, k, mm))
     if got is None:
-        shapes = {(n, k) for (c, n, k, v) in table if c == case and v == mm}
+        shapes = {(sn, sk) for (c, sn, sk, v) in table if c == case and v == mm}
         if not shapes:
             return None
-        n, k = min(shapes, key=lambda s: (abs(math.log(s[0] * s[1] / (p.n * p.k))), s))
-        got = table[(case, n, k, mm)]
+        sn, sk = min(shapes, key=lambda s: (abs(math.log(s[0] * s[1] / (n * k))), s))
+        got = table[(case, sn, sk, mm)]
     return got
 
 
