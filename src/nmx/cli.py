@@ -297,7 +297,8 @@ def prune_cmd(
     _run_and_print(load_recipe(base=base), out, save_model, as_json, overwrite)
 
 
-sparsity_app = typer.Typer(help="N:M and unstructured sparsity: storage formats.", no_args_is_help=True)
+sparsity_app = typer.Typer(help="N:M and unstructured sparsity: storage formats; measured activation sparsity.",
+                           no_args_is_help=True)
 app.add_typer(sparsity_app, name="sparsity")
 
 
@@ -334,6 +335,39 @@ def sparsity_formats(
         _print_json(rows_)
     else:
         console.print(storage_table_view(rows_, f"compressed storage of a {rows}x{cols} matrix"))
+
+
+@sparsity_app.command("activations")
+def sparsity_activations(
+    result_dir: Path = typer.Argument(..., metavar="RESULT_DIR",
+                                      help="Folder of an `nmx run` whose recipe has an activation_sparsity section."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Measured activation sparsity of a run: the union of nonzeros over batch B against 1 - s^B."""
+    from rich.table import Table
+
+    from nmx.errors import InputError
+    from nmx.hw.workload import read_result
+    from nmx.sparsity.activation import union_table
+
+    block = read_result(result_dir).get("activation_sparsity")
+    if not isinstance(block, dict) or "model_wide" not in block:
+        raise InputError(f"{result_dir}/result.json has no activation_sparsity block; run a recipe with an "
+                         "activation_sparsity section")
+    rows = union_table(block)
+    if as_json:
+        _print_json(rows)
+        return
+    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    t = Table(title=f"columns a GEMV over B tokens reads (measured union of nonzeros vs independence 1 - s^B), "
+                    f"{result_dir}")
+    for col in ("scope", "B", "zero fraction (all eval tokens)", "measured union", "1 - s^B",
+                "measured / independent"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["scope"], str(r["batch"]), f(r["sparsity"]), f(r["union_density"]), f(r["independent_density"]),
+                  f(r["ratio"]))
+    console.print(t)
 
 
 hw_app = typer.Typer(help="Hardware cost: GPU targets, accelerator models, Timeloop cases, nonlinear units.",

@@ -29,6 +29,7 @@ from nmx.model.layers import DEFAULT_TARGETS
 from nmx.model.sources import DEFAULT_MODEL
 from nmx.validation import Strict, as_value_error
 from nmx.train.spec import Training  # `training:` (nmx train); light: imports no model code
+from nmx.sparsity.activation import ActivationSparsity  # `activation_sparsity:` (TEAL thresholds, ReLU-fication)
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ class Recipe(Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     sparsity: Optional[Sparsity] = None
     quantization: Optional[Quantization] = None
+    activation_sparsity: Optional[ActivationSparsity] = None
     evaluation: Evaluation = Field(default_factory=Evaluation)
     kv_cache: Optional[KVCacheSection] = None
     kernels: Optional[Kernels] = None

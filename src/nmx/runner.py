@@ -67,7 +67,8 @@ def check_texts(recipe: Recipe) -> dict[str, Any]:
     """Load the evaluation text and, when the recipe calibrates, the calibration text: a bad
     text fails here, before a model is loaded."""
     texts = {"evaluation": load_text(recipe.evaluation.text)}
-    if recipe.sparsity is not None and get_method(recipe.sparsity.method).needs != "nothing":
+    if (recipe.sparsity is not None and get_method(recipe.sparsity.method).needs != "nothing") \
+            or recipe.activation_sparsity is not None:  # thresholds calibrate too
         texts["calibration"] = load_text(recipe.calibration.text)
     return texts
 
@@ -85,6 +86,8 @@ def _run(recipe: Recipe, texts: dict[str, Any], progress: Progress | None, loade
                       (lambda i, n: progress("evaluating", i, n)) if progress else None)
     layers = record.pop("layers")
     masks = record.pop("masks")
+    if "activation_sparsity" in record:  # the thresholds' hooks counted the evaluation's zeros: their report
+        record["activation_sparsity"] = record["activation_sparsity"].report()
     kernels = None
     if recipe.kernels is not None:  # perplexity again, through nmx.kernels (nmx/kernels/evaluate.py)
         from nmx.kernels.evaluate import evaluate_kernels

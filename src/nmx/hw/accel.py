@@ -155,6 +155,10 @@ class Gemm:
     #: BFP activations: the mantissa bits a bit-serial PE streams (the sign selects add / subtract);
     #: 0 for any other format (a bit-serial PE streams all act_bits)
     act_serial_bits: int = 0
+    #: the fraction of W's columns whose activation is nonzero in at least one of the m rows (measured
+    #: activation sparsity, nmx.sparsity.activation): with `skip` and compressed activations, only these
+    #: columns of W (values and metadata) move from DRAM and to the array
+    weight_col_density: float = 1.0
 
     @property
     def macs(self) -> float:
@@ -215,10 +219,11 @@ def _operand_sizes(shape: tuple[int, int], density: float, value_bits: int, scal
 
 def gemm_problem(m: int, n: int, k: int, *, weights: str | None = None, activations: str | None = None,
                  pattern: Any = None, act_density: float = 1.0, count: float = 1, name: str = "gemm",
-                 weight_bytes: float | None = None, out_bits: int = 16) -> Gemm:
+                 weight_bytes: float | None = None, out_bits: int = 16, weight_col_density: float = 1.0) -> Gemm:
     """A GEMM with weights in number format `weights` pruned to `pattern` (N:M or unstructured),
     activations in `activations` with a fraction `act_density` of nonzeros. None = bf16.
-    `weight_bytes` overrides the automatic (smallest) weight storage (e.g. a real mask's size)."""
+    `weight_bytes` overrides the automatic (smallest) weight storage (e.g. a real mask's size).
+    `weight_col_density`: the fraction of W's columns some row's activation needs (see Gemm)."""
     from nmx.sparsity.patterns import NMPattern, parse_pattern
 
     from nmx.hw.workload import MAX_SIZE
@@ -230,6 +235,8 @@ def gemm_problem(m: int, n: int, k: int, *, weights: str | None = None, activati
             raise InputError(f"gemm {name}: {label} = {v} is beyond what nmx models (at most {MAX_SIZE:,})")
     if not 0 < act_density <= 1:
         raise InputError(f"gemm {name}: act_density must be in (0, 1], got {act_density}")
+    if not act_density - 1e-9 <= weight_col_density <= 1:
+        raise InputError(f"gemm {name}: weight_col_density must be in [act_density, 1], got {weight_col_density}")
     pat = parse_pattern(pattern) if pattern is not None else None
     if isinstance(pat, NMPattern):
         pat.check_dim(k)
@@ -244,7 +251,8 @@ def gemm_problem(m: int, n: int, k: int, *, weights: str | None = None, activati
     return Gemm(name, int(m), int(n), int(k), float(count), ab, wb, int(out_bits), wkind,
                 pat.n if isinstance(pat, NMPattern) else 0, pat.m if isinstance(pat, NMPattern) else 0,
                 density, float(act_density), w_bits, w_meta, x_bits, x_meta,
-                act_serial_bits=int(getattr(af, "mantissa_bits", 0) or 0) if getattr(af, "family", "") == "bfp" else 0)
+                act_serial_bits=int(getattr(af, "mantissa_bits", 0) or 0) if getattr(af, "family", "") == "bfp" else 0,
+                weight_col_density=float(weight_col_density))
 
 
 def problems_from_workload(workload: Any) -> list[Problem]:
@@ -257,7 +265,8 @@ def problems_from_workload(workload: Any) -> list[Problem]:
         if op.kind == "gemm":
             out.append(gemm_problem(op.m, op.n, op.k, weights=op.weight_format, activations=op.act_format,
                                     pattern=op.pattern, count=op.count, name=op.name,
-                                    weight_bytes=op.weight_bytes))
+                                    weight_bytes=op.weight_bytes, act_density=op.act_density,
+                                    weight_col_density=max(op.act_col_density, op.act_density)))
         elif op.kind == "attention":
             g = op.heads_q // op.heads_kv
             kv = op.kv_len - (op.q_len - 1) / 2 if op.causal else op.kv_len  # mean visible keys (causal)
@@ -494,6 +503,8 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
     skip = mode == 2
     f_cyc = np.where(skip & (p["weights_format"] != _DENSE), r_w, 1.0) \
         * np.where(skip & (p["activations_format"] != _DENSE), g.act_density, 1.0)
+    # W columns of activations zero in every row are not fetched (skip with compressed activations)
+    w_col = np.where(skip & (p["activations_format"] != _DENSE), g.weight_col_density, 1.0)
     # -- compute cycles
     kp = np.ceil(g.k * kept / lanes)  # K' : PE steps along k
     df = p["dataflow"]
@@ -546,13 +557,13 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
     rW = np.where((cm > 1) & (((pm < pn) & (cn > 1)) | ((pm < pk) & (ck > 1))), cm, 1.0)
     rX = np.where((cn > 1) & (((pn < pm) & (cm > 1)) | ((pn < pk) & (ck > 1))), cn, 1.0)
     sY = np.where((ck > 1) & (((pk < pm) & (cm > 1)) | ((pk < pn) & (cn > 1))), ck, 1.0)
-    dram_W, dram_X = Wb * rW, Xb * rX
+    dram_W, dram_X = Wb * w_col * rW, Xb * rX
     dram_Y = Yb + 2.0 * (sY - 1) * g.m * g.n * pb
     dram = dram_W + dram_X + dram_Y
     # -- buffer <-> array traffic
     kR = np.ceil(kp / R)
     psum = g.m * g.n * pb * (2 * kR - 1)
-    arr_W = np.select(sel, [Wb * cm, Wb * np.ceil(g.m / R)], Wb * np.ceil(g.m / C))
+    arr_W = np.select(sel, [Wb * cm, Wb * np.ceil(g.m / R)], Wb * np.ceil(g.m / C)) * w_col
     arr_X = np.select(sel, [Xb * np.ceil(g.n / C), Xb * np.ceil(g.n / C)], Xb * cn)
     arr_Y = np.select(sel, [psum, Yb], psum)
     glb = dram + arr_W + arr_X + arr_Y
@@ -580,7 +591,7 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
         "vector": np.zeros(()),
     }
     return {"cycles": cycles, "compute": compute, "glb_cyc": glb_cyc, "dram_cyc": dram_cyc, "busy": busy,
-            "dram": dram, "glb": glb, "meta": Wm * rW + Xm * rX, "issued": issued, "executed": executed,
+            "dram": dram, "glb": glb, "meta": Wm * w_col * rW + Xm * rX, "issued": issued, "executed": executed,
             "effectual": effectual, "feasible": feasible, **{f"e_{k}": v for k, v in energy.items()}}
 
 

@@ -254,11 +254,15 @@ def _nmx_gemm(t: GpuTarget, m: int, n: int, k: int, sparsity: str | None, weight
 
 
 def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", sparsity: str | None = None,
-         weights: str | None = None, impl: str = "pytorch") -> dict[str, Any]:
+         weights: str | None = None, impl: str = "pytorch", act_col_density: float = 1.0) -> dict[str, Any]:
     """Latency of y[m, n] = x[m, k] W[n, k]^T. `sparsity` "2:4" uses the sparse tensor cores
     (other patterns only shrink the weight bytes of a weight-only kernel); `impl` "pytorch" is
     what PyTorch does today (its 2:4 path pays a plan setup per call), "ideal" a kernel with
-    cached plans and fused dequantization, "nmx" nmx's own kernels as measured (`_nmx_gemm`)."""
+    cached plans and fused dequantization, "nmx" nmx's own kernels as measured (`_nmx_gemm`).
+    `act_col_density`: the fraction of weight columns whose input channel is nonzero in some row
+    (activation sparsity, nmx.sparsity.activation). Only "ideal" skips the others (a TEAL-style kernel
+    reading only those columns, at the gemm bandwidth); PyTorch and nmx's kernels have no such path and
+    read every weight. `skipped_weight_bytes` says what was not read."""
     from nmx.hw.workload import check_size
 
     t = get_target(target)
@@ -286,7 +290,10 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
     if sparse_tc and not t.sparse_24:
         raise InputError(f"{t.name} has no 2:4 sparse tensor cores")
     peak = t.peak(dtype, sparse_tc) * t.efficiency(dtype) * (t.sparse_eff if sparse_tc else 1.0)
-    w_bytes = _weight_bits(n, k, weights, sparsity, dtype) / 8
+    if isinstance(act_col_density, bool) or not 0 < act_col_density <= 1:
+        raise InputError(f"gemm: act_col_density must be in (0, 1], got {act_col_density!r}")
+    w_full = _weight_bits(n, k, weights, sparsity, dtype) / 8
+    w_bytes = w_full * act_col_density if impl == "ideal" else w_full
     act_bytes = m * k * ELEMENT_BYTES[dtype]
     out_bytes = m * n * 2
     nbytes = w_bytes + act_bytes + out_bytes
@@ -296,7 +303,7 @@ def gemm(target: str | GpuTarget, m: int, n: int, k: int, dtype: str = "bf16", s
     memory = t.memory_s(nbytes, "gemm")
     host = t.sparse_call_s if sparse_tc and impl == "pytorch" else 0.0
     return _result(t, t.launch_s, memory, compute, host, m=m, n=n, k=k, flops=2.0 * m * n * k, bytes=nbytes,
-                   weight_bytes=w_bytes,
+                   weight_bytes=w_bytes, skipped_weight_bytes=w_full - w_bytes,
                    dtype=dtype, sparsity=sparsity, weights=weights, impl=impl)
 
 
@@ -339,7 +346,7 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
         t = get_target(target)
         # weights and activations both in a native low-precision dtype: the tensor cores take them
         dtype = native if native and native == native_dtype(op.act_format) and native in t.peak_flops else "bf16"
-        return gemm(t, op.m, op.n, op.k, dtype, op.pattern, op.weight_format, impl)
+        return gemm(t, op.m, op.n, op.k, dtype, op.pattern, op.weight_format, impl, op.act_col_density)
     if op.kind == "attention":
         return attention_op_latency(target, op)
     if op.kind == "embedding":
@@ -352,19 +359,24 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
 def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch") -> dict[str, Any]:
     """Per-op latencies of a workload step and its totals (latency, tokens/s, bytes, bound)."""
     t = get_target(target)
-    rows, total = [], 0.0
+    rows, total, skipped = [], 0.0, 0.0
     by_bound: dict[str, float] = {}
     for op in workload.ops:
         r = op_latency(t, op, impl)
         lat = r["latency_s"] * op.count
         total += lat
         by_bound[r["bound"]] = by_bound.get(r["bound"], 0.0) + lat
+        skip = r.get("skipped_weight_bytes", 0.0) * op.count  # weight columns of zero activations, not read
+        skipped += skip
         rows.append({"name": op.name, "kind": op.kind, "count": op.count, "latency_s": lat,
-                     "latency_each_s": r["latency_s"], "bound": r["bound"], "bytes": op.bytes * op.count,
+                     "latency_each_s": r["latency_s"], "bound": r["bound"], "bytes": op.bytes * op.count - skip,
                      "flops": op.flops * op.count})
     tokens = workload.batch * workload.tokens
-    return {"target": t.name, "calibration": t.calibration, "impl": impl, **workload.summary(),
-            "latency_s": total, "tokens_per_s": tokens / total, "bound": max(by_bound, key=by_bound.get),
+    summary = workload.summary()
+    summary["bytes_read"] -= skipped
+    return {"target": t.name, "calibration": t.calibration, "impl": impl, **summary,
+            "skipped_weight_bytes": skipped, "latency_s": total, "tokens_per_s": tokens / total,
+            "bound": max(by_bound, key=by_bound.get),
             "latency_by_bound_s": by_bound, "ops": rows}
 
 

@@ -164,6 +164,10 @@ class Compression:
     kv_format: str | None = None
     layer_bits: tuple[tuple[str, float], ...] = ()
     kv_policy: Any = None  # an nmx.kv.KVPolicy
+    #: measured activation sparsity (nmx.sparsity.activation, a result's `activation_sparsity` block): linear
+    #: name -> ((B, fraction of its input channels nonzero in at least one of B tokens), ...), B = 1 the
+    #: single-token density; mean over the decoder layers. `act_densities(name, m)` reads it.
+    act_sparsity: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
 
     def __post_init__(self) -> None:
         from nmx import formats
@@ -180,6 +184,9 @@ class Compression:
                 formats.get(getattr(self, f))  # raises a FormatError naming the bad name
         if self.pattern is not None:
             parse_pattern(self.pattern)
+        for name, points in self.act_sparsity:
+            if not points or any(not (isinstance(b, int) and b >= 1 and 0 < d <= 1) for b, d in points):
+                raise InputError(f"act_sparsity[{name!r}]: give (batch >= 1, density in (0, 1]) pairs, got {points!r}")
         if self.kv_policy is not None:
             from nmx.kv.policy import KVPolicy
 
@@ -233,6 +240,25 @@ class Compression:
                 fmt = f
         return fmt
 
+    def act_densities(self, name: str, m: int) -> tuple[float, float]:
+        """(element density, column density) of linear `name`'s input over a GEMM of m rows: the fraction
+        of nonzero entries, and of input channels nonzero in at least one row (the weight columns a
+        zero-skipping GEMV reads). Between measured batches: linear in log2 B; beyond the largest measured
+        B_max: 1 - (1 - d(B_max))^(m / B_max) (groups of B_max taken as independent). (1, 1) unmeasured."""
+        points = dict(self.act_sparsity).get(name)
+        if not points:
+            return 1.0, 1.0
+        pts = sorted(points)
+        element = pts[0][1] if pts[0][0] == 1 else 1.0
+        if m <= pts[0][0]:
+            return element, pts[0][1]
+        for (b0, d0), (b1, d1) in zip(pts, pts[1:], strict=False):
+            if b0 <= m <= b1:
+                f = (math.log2(m) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
+                return element, d0 + f * (d1 - d0)
+        b_max, d_max = pts[-1]
+        return element, 1.0 - (1.0 - d_max) ** (m / b_max)
+
     def _describe_activations(self) -> str:
         if isinstance(self.activations, tuple):
             return "{" + ", ".join(f"{k}: {v}" for k, v in self.activations) + "}"
@@ -241,6 +267,11 @@ class Compression:
     def describe(self) -> str:
         parts = [f"weights {self.weights or 'bf16'}", f"sparsity {self.pattern or 'none'}",
                  f"activations {self._describe_activations()}", self.describe_kv()]
+        if self.act_sparsity:
+            d = [dict(p).get(1) for _, p in self.act_sparsity]
+            d = [x for x in d if x is not None]
+            if d:
+                parts.append(f"activation density {sum(d) / len(d):.3f} at batch 1 (measured, mean over linears)")
         return ", ".join(parts)
 
 
@@ -264,6 +295,11 @@ class Op:
     pattern: str | None = None
     weight_density: float = 1.0
     weight_bytes: float = 0.0
+    #: activation sparsity (measured, nmx.sparsity.activation): the fraction of nonzero input entries, and
+    #: of input channels nonzero in at least one of the m rows (the weight columns a zero-skipping kernel
+    #: reads). `bytes_read` and `weight_bytes` stay those of a dense kernel: each target decides whether it skips.
+    act_density: float = 1.0
+    act_col_density: float = 1.0
     # attention
     batch: int = 0
     q_len: int = 0
@@ -288,7 +324,8 @@ class Op:
         return self.bytes_read + self.bytes_written
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (0, 0.0, None, False) or k in ("name", "kind")}
+        return {k: v for k, v in asdict(self).items() if (v not in (0, 0.0, None, False) or k in ("name", "kind"))
+                and not (k in ("act_density", "act_col_density") and v == 1.0)}  # dense activations: as before
 
 
 @dataclass(frozen=True)
@@ -362,8 +399,10 @@ def _act_bytes(elements: int, fmt: str | None) -> float:
 
 
 def gemm_op(name: str, m: int, n: int, k: int, count: int = 1, weights: str | None = None,
-            activations: str | None = None, pattern: str | None = None, weight_bits: float | None = None) -> Op:
-    """A linear layer y[m, n] = x[m, k] W[n, k]^T with W stored per `weights`/`pattern`."""
+            activations: str | None = None, pattern: str | None = None, weight_bits: float | None = None,
+            act_density: float = 1.0, act_col_density: float = 1.0) -> Op:
+    """A linear layer y[m, n] = x[m, k] W[n, k]^T with W stored per `weights`/`pattern`; `act_density` /
+    `act_col_density`: measured activation sparsity (see Op)."""
     from nmx.sparsity.patterns import parse_pattern
     from nmx.sparsity.storage import weight_storage
 
@@ -373,7 +412,8 @@ def gemm_op(name: str, m: int, n: int, k: int, count: int = 1, weights: str | No
     wb = weight_bits / 8
     return Op(name, "gemm", count, flops=2.0 * m * n * k, bytes_read=wb + _act_bytes(m * k, activations),
               bytes_written=float(m * n * BF16_BYTES), m=m, n=n, k=k, weight_format=weights, act_format=activations,
-              pattern=pattern, weight_density=density, weight_bytes=wb)
+              pattern=pattern, weight_density=density, weight_bytes=wb, act_density=act_density,
+              act_col_density=act_col_density)
 
 
 def attention_op(name: str, batch: int, q_len: int, kv_len: int, heads_q: int, heads_kv: int, head_dim: int,
@@ -457,9 +497,10 @@ def llm_workload(model: str | ModelShape | Path | dict, phase: Phase = "decode",
     ops.append(norm)
     for name, (n, k) in s.linears().items():
         on = comp.targets_layer(name)
+        act_d, col_d = comp.act_densities(name, m)
         ops.append(gemm_op(name, m, n, k, L, weights=comp.weights if on else None,
                            activations=comp.act_format(name) if on else None, pattern=comp.pattern if on else None,
-                           weight_bits=real_bits.get(name)))
+                           weight_bits=real_bits.get(name), act_density=act_d, act_col_density=col_d))
         if name == "self_attn.v_proj":
             ops.append(attention["op"])
         if name == "self_attn.o_proj":
@@ -631,12 +672,38 @@ def from_result(result: Any, where: str = "result", name: str = "model") -> tupl
     weights = _field(qz, "weights", str, f"{rwhere}.quantization", required=False)
     activations = _field(qz, "activations", (str, dict), f"{rwhere}.quantization", required=False)
     pattern = _field(sp, "pattern", str, f"{rwhere}.sparsity", required=False)
+    act_sparsity = _act_sparsity(_field(result, "activation_sparsity", dict, where, required=False),
+                                 f"{where}: activation_sparsity", shape.layers)
     try:
         comp = Compression(weights=weights, activations=activations, pattern=pattern, targets=targets,
-                           layer_bits=bits, kv_policy=kv_policy)
+                           layer_bits=bits, kv_policy=kv_policy, act_sparsity=act_sparsity)
     except NmxError as err:  # a format or pattern name this nmx does not know
         raise InputError(f"{where}: {err}") from None
     return shape, comp
+
+
+def _act_sparsity(block: dict | None, where: str, layers: int) -> tuple:
+    """A result's measured activation sparsity as Compression.act_sparsity: each linear's union density by
+    batch, averaged over the `layers` decoder layers (the workload's one op per linear stands for all of
+    them; a layer whose linear was not thresholded counts as density 1)."""
+    if not block:
+        return ()
+    sums: dict[str, dict[int, list[float]]] = {}
+    for full, rec in (_field(block, "layers", dict, where, required=False) or {}).items():
+        union = _field(rec, "union_density", dict, f"{where}.layers.{full}", required=False)
+        if not union:
+            continue
+        short = full.split(".", 3)[-1] if full.startswith("model.layers.") else full
+        for b, d in union.items():
+            if not (str(b).isdigit() and int(b) >= 1) or isinstance(d, bool) or not isinstance(d, (int, float)) \
+                    or not 0 <= d <= 1:
+                raise InputError(f"{where}.layers.{full}.union_density: expected batch -> density in [0, 1], "
+                                 f"got {b!r}: {d!r}; give a folder written by `nmx run`")
+            sums.setdefault(short, {}).setdefault(int(b), []).append(float(d))
+    # a density of exactly 0 (a channel-free input) would zero the GEMM: keep it a tiny positive fraction
+    return tuple((name, tuple((b, max((sum(v) + max(layers - len(v), 0)) / max(layers, len(v)), 1e-9))
+                              for b, v in sorted(by_b.items())))
+                 for name, by_b in sums.items())
 
 
 def _kv_policy(kv: dict | None, where: str) -> Any:

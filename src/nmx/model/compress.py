@@ -129,6 +129,7 @@ def compress(
     counted = {**pruned_targets, **quant_targets, **{n: modules[n] for n in act_formats}} \
         or match_linears(model, DEFAULT_TARGETS)
     types = linear_types(model, list(counted))  # before the hooks: a short traced forward
+    act_sparse = _activation_sparsity(loaded, recipe, progress)  # before the fake-quant hooks: they see sparse inputs
     hooks = attach_activation_formats(model, act_formats)
     record = account(counted, set(pruned_targets), set(quant_targets) if weight_fmt else set(), recipe)
     record["activation_hooks"] = len(hooks)
@@ -136,7 +137,18 @@ def compress(
                                      "weight_format": weight_fmt if n in quant_targets else None,
                                      "tensor_type": types.get(n)} for n, rec in record["layers"].items()})
     record["masks"] = masks  # tensors: the runner saves them with --save-model, never into JSON
+    if act_sparse is not None:  # the attached thresholds; the runner puts their report() in result.json
+        record["activation_sparsity"] = act_sparse
     return record
+
+
+def _activation_sparsity(loaded: LoadedModel, recipe: Recipe, progress: Callable[[str, int, int], None] | None):
+    """The recipe's activation_sparsity section calibrated and attached (nmx.sparsity.activation), or None."""
+    if recipe.activation_sparsity is None:
+        return None
+    from nmx.sparsity.activation import apply_activation_sparsity
+
+    return apply_activation_sparsity(loaded, recipe.activation_sparsity, recipe.calibration, progress)
 
 
 def _quant_targets(model: Any, qz: Any) -> dict[str, torch.nn.Linear]:
