@@ -44,10 +44,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: 
 
 from nmx.kernels import PackedLinearModule, pack  # noqa: E402
 from nmx.kernels.convert import PATHS, PPL_CAP, SIGMAS, convert, install  # noqa: E402
-from nmx.kernels.decode_bench import cache_kwarg, config_model, copy_bandwidth, decode_speed  # noqa: E402
+from nmx.kernels.decode_bench import cache_kwarg, config_model, copy_bandwidth, decode_speed, fake_compress  # noqa: E402,E501
 from nmx.kernels.evaluate import agreement  # noqa: E402
 from nmx.model.layers import match_linears  # noqa: E402
-from nmx.quant import quantize_weights  # noqa: E402
 from nmx.sparsity.masks import nm_mask  # noqa: E402
 
 CONVERT = sys.modules["nmx.kernels.convert"]  # the module (the name `convert` is the verb)
@@ -81,18 +80,6 @@ def free() -> None:
 
 
 # ---- (a) correctness -----------------------------------------------------------------------------------
-
-
-def fake_quant(model, fmt, pattern) -> dict:
-    masks = {}
-    with torch.no_grad():
-        for name, lin in match_linears(model, TARGETS).items():
-            if pattern:
-                masks[name] = nm_mask(lin.weight.abs(), 2, 4)
-                lin.weight.mul_(masks[name])
-    if fmt:
-        quantize_weights(match_linears(model, TARGETS), fmt)
-    return masks
 
 
 def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -130,7 +117,7 @@ def check_model(name: str, make, vocab: int, fmt, pattern, out: Path) -> None:
     try:
         torch.manual_seed(0)
         ref = make()
-        masks = fake_quant(ref, fmt, pattern)
+        masks = fake_compress(ref, fmt, pattern)
         conv = copy.deepcopy(ref)
         report = convert(conv, fmt, pattern, masks=masks, exact=True)
         row["conversion"] = report.as_dict()

@@ -17,20 +17,13 @@ check the sha256 when the last part is in.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-CHUNK = 1 << 20
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+from nmx.model.fetch import sha256_of  # noqa: E402
 
 
 def split(src: Path, folders: list[Path]) -> None:
@@ -38,7 +31,7 @@ def split(src: Path, folders: list[Path]) -> None:
     per = -(-size // len(folders))
     if per > 60 << 20:
         sys.exit(f"{src}: {size} bytes in {len(folders)} parts is {per} bytes a part; use more parts (<= 60 MiB each)")
-    digest = sha256(src)
+    digest = sha256_of(src)
     with src.open("rb") as f:
         for i, folder in enumerate(folders):
             folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +56,7 @@ def join(folder: Path, to: Path) -> None:
     if done < meta["size"]:
         print(f"part {meta['index'] + 1}/{meta['parts']} in: {done} of {meta['size']} bytes")
         return
-    if sha256(to) != meta["sha256"]:
+    if sha256_of(to) != meta["sha256"]:
         to.unlink()
         sys.exit(f"{to}: sha256 differs from the source's; removed")
     print(f"complete: {to} ({done} bytes, sha256 {meta['sha256'][:16]}...)")

@@ -24,8 +24,9 @@ import torch
 from nmx.errors import InputError
 from nmx.kernels import PackedLinearModule, convert, linear, pack
 from nmx.kernels.convert import PPL_CAP, recipe_layers
+from nmx.kernels.decode_bench import fake_compress
 from nmx.model.layers import match_linears
-from nmx.quant import attach_activation_quant, quantize_weights
+from nmx.quant import attach_activation_quant
 from nmx.sparsity.masks import nm_mask
 from tests.cli import run_cli
 from tests.model.conftest import tiny_llama
@@ -48,19 +49,6 @@ def wide_llama(seed: int = 0):
     return LlamaForCausalLM(cfg).eval()
 
 
-def fake_quant(model, fmt, pattern):
-    """What `nmx run` leaves: pruned (magnitude 2:4) then fake-quantized float32 weights; returns the masks."""
-    masks = {}
-    with torch.no_grad():
-        for name, lin in match_linears(model, TARGETS).items():
-            if pattern:
-                masks[name] = nm_mask(lin.weight.abs(), 2, 4)
-                lin.weight.mul_(masks[name])
-    if fmt:
-        quantize_weights(match_linears(model, TARGETS), fmt)
-    return masks
-
-
 def logits(model, ids):
     with torch.no_grad():
         return model(ids).logits.float()
@@ -74,8 +62,8 @@ def close(got, ref):
 def test_converted_model_matches_the_fake_quant_model(fmt, pattern):
     make = wide_llama if fmt == "int4_g128" else tiny_llama
     ref, conv = make(), make()
-    fake_quant(ref, fmt, pattern)
-    masks = fake_quant(conv, fmt, pattern)
+    fake_compress(ref, fmt, pattern)
+    masks = fake_compress(conv, fmt, pattern)
     report = convert(conv, fmt, pattern, masks=masks, exact=True)
     assert report.as_dict()["converted_layers"] == 14 and not report.left
     assert sum(isinstance(m, PackedLinearModule) for m in conv.modules()) == 14
@@ -90,12 +78,12 @@ def test_converted_model_matches_the_fake_quant_model(fmt, pattern):
 def test_the_tolerance_sees_a_wrong_packing():
     """Negative control: the model fake-quantized with mxfp4 but packed (re-quantized) as nvfp4."""
     ref, conv = tiny_llama(), tiny_llama()
-    fake_quant(ref, "mxfp4", None)
-    fake_quant(conv, "mxfp4", None)
+    fake_compress(ref, "mxfp4", None)
+    fake_compress(conv, "mxfp4", None)
     with pytest.raises(InputError, match="not on the grid of nvfp4"):
         convert(conv, "nvfp4", exact=True)
     conv2 = tiny_llama()
-    fake_quant(conv2, "mxfp4", None)
+    fake_compress(conv2, "mxfp4", None)
     convert(conv2, "nvfp4")  # without exact: quantized again, a different grid
     ids = torch.randint(0, 90, (2, 24))
     assert not close(logits(conv2.to(torch.bfloat16), ids), logits(ref.to(torch.bfloat16), ids))
@@ -163,7 +151,7 @@ def test_hooks_travel_with_the_layer():
     """Activation fake quant (forward pre-hooks) still acts on a converted layer."""
     ref, conv = tiny_llama(), tiny_llama()
     for m in (ref, conv):
-        fake_quant(m, "mxfp4", None)
+        fake_compress(m, "mxfp4", None)
         attach_activation_quant(match_linears(m, TARGETS), "mxfp4")
     convert(conv, "mxfp4", exact=True)
     ids = torch.randint(0, 90, (1, 20))
@@ -182,7 +170,7 @@ def test_refused_requests_are_one_line():
     with pytest.raises(InputError, match="backend"):
         convert(tiny_llama(), "mxfp4", backend="magic")
     m = tiny_llama()
-    masks = fake_quant(m, None, "2:4")
+    masks = fake_compress(m, None, "2:4")
     name = next(iter(masks))
     masks[name] = ~masks[name]  # a mask that disagrees with the weight
     with pytest.raises(InputError, match="outside its recorded 2:4 mask"):
@@ -192,7 +180,7 @@ def test_refused_requests_are_one_line():
 def test_layers_the_layout_cannot_take_are_left_with_one_warning(caplog):
     """tiny Llama: K = 64 for 12 layers, 128 for the down projections. int4_g128 takes only the latter."""
     m = tiny_llama()
-    fake_quant(m, "int4_g128", None)
+    fake_compress(m, "int4_g128", None)
     with caplog.at_level(logging.WARNING, logger="nmx"):
         report = convert(m, "int4_g128", exact=True)
     warnings = [r.getMessage() for r in caplog.records if "left as nn.Linear" in r.getMessage()]

@@ -273,6 +273,24 @@ def _prune_by_magnitude(model: Any, recipe: Any) -> dict[str, torch.Tensor]:
     return masks
 
 
+def fake_compress(model: Any, fmt: str | None, pattern: str | None) -> dict[str, torch.Tensor]:
+    """What `nmx run` leaves, on a random-weight model: the default targets pruned 2:4 by magnitude (when
+    `pattern`) and their weights fake-quantized to `fmt` in place; returns the masks by layer name."""
+    from nmx.model.layers import DEFAULT_TARGETS, match_linears
+    from nmx.quant import quantize_weights
+    from nmx.sparsity.masks import nm_mask
+
+    masks = {}
+    with torch.no_grad():
+        for name, lin in match_linears(model, list(DEFAULT_TARGETS)).items():
+            if pattern:
+                masks[name] = nm_mask(lin.weight.abs(), 2, 4)
+                lin.weight.mul_(masks[name])
+    if fmt:
+        quantize_weights(match_linears(model, list(DEFAULT_TARGETS)), fmt)
+    return masks
+
+
 def quick_recipe(weights: str | None = None, pattern: str | None = None) -> Any:
     """A recipe of just a weight format and an N:M pattern (magnitude pruning), e.g. for `--weights`."""
     from nmx.kernels.layout import kernel_format

@@ -29,6 +29,7 @@ import torch
 
 from nmx.errors import InputError
 from nmx.io import _signals_held, set_normal_mode
+from nmx.model.fetch import sha256_of
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.safetensors"
@@ -39,14 +40,6 @@ _NAME = re.compile(r"step-(\d{8})")
 def recipe_hash(recipe_dict: dict[str, Any]) -> str:
     """sha256 of the recipe's canonical JSON (every field, defaults filled in)."""
     return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -84,7 +77,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE))
         _fsync(tmp / STATE)
         record = {**meta, "step": step, "files": {STATE: {"bytes": (tmp / STATE).stat().st_size,
-                                                          "sha256": _sha256(tmp / STATE)}}}
+                                                          "sha256": sha256_of(tmp / STATE)}}}
         (tmp / META).write_text(json.dumps(record, indent=1) + "\n")
         _fsync(tmp / META)
         for f in (tmp / STATE, tmp / META):
@@ -132,7 +125,7 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     size = state_path.stat().st_size
     if size != want.get("bytes"):
         raise bad(f"{STATE} is truncated or damaged ({size} of {want.get('bytes')} bytes)")
-    if _sha256(state_path) != want.get("sha256"):
+    if sha256_of(state_path) != want.get("sha256"):
         raise bad(f"{STATE} does not match its sha256 (damaged on disk)")
     return meta
 
