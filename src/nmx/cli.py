@@ -382,9 +382,9 @@ def _register_hw() -> None:
     for part in (cli_gpu, cli_accel, cli_timeloop, cli_nonlinear, cli_train):
         part.register(hw_app)
     cli_explore.register(app)  # `nmx explore` is a top-level verb
-    from nmx.hw import cli_breakdown, cli_pim, cli_reasoning, cli_serve  # issue 15
+    from nmx.hw import cli_breakdown, cli_format_search, cli_pim, cli_reasoning, cli_serve  # issue 15
 
-    for part in (cli_serve, cli_pim, cli_reasoning, cli_breakdown):
+    for part in (cli_serve, cli_pim, cli_reasoning, cli_breakdown, cli_format_search):
         part.register(hw_app)
 
 
