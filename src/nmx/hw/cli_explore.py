@@ -4,6 +4,8 @@
         --model llama-2-7b --phase decode --plot front.png --json
     nmx explore --results runs/dense runs/2of4 --accel examples/hw/nm24_16x16_ws.yaml --plot ppl.png
     nmx explore --results runs/dense runs/2of4 --target h200 --batch 16      # any target: a GPU too
+    nmx explore --search runs/search --accel examples/hw/anda_16x16_bitserial.yaml \
+        --accel examples/hw/anda_fp16_int4_16x16.yaml --phase prefill --plot front.png   # a search's points
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explore")
     def explore_cmd(
-        accel: Optional[Path] = typer.Option(None, "--accel", metavar="FILE.yaml",
-                                             help="The base accelerator YAML (see examples/hw/)."),
-        target: Optional[str] = typer.Option(None, "--target", metavar="NAME_OR_YAML",
-                                             help="With --results: any hardware target instead of --accel: a "
-                                                  "preset (nmx hw targets, e.g. h200) or a YAML file of kind gpu, "
-                                                  "accelerator or timeloop."),
+        accel: List[Path] = typer.Option([], "--accel", metavar="FILE.yaml",
+                                         help="The base accelerator YAML (see examples/hw/); with --search, "
+                                              "repeat it to price the points on several designs."),
+        target: List[str] = typer.Option([], "--target", metavar="NAME_OR_YAML",
+                                         help="With --results or --search: any hardware target instead of --accel: "
+                                              "a preset (nmx hw targets, e.g. h200) or a YAML file of kind gpu, "
+                                              "accelerator or timeloop (repeatable with --search)."),
         impl: str = typer.Option("pytorch", "--impl", metavar="IMPL",
                                  help="Kernels a GPU --target is priced with: pytorch, ideal or nmx."),
         sweep: List[str] = typer.Option([], "--sweep", metavar="KEY=V1,V2,...",
@@ -39,6 +42,13 @@ def register(app: typer.Typer) -> None:
                                                 "--results, more as arguments."),
         more_results: Optional[List[Path]] = typer.Argument(None, metavar="RESULT_DIR", show_default=False,
                                                             help="More result folders after --results."),
+        search: List[Path] = typer.Option([], "--search", metavar="SEARCH_DIR",
+                                          help="The --out folder (or summary.json) of `nmx search-precision` "
+                                               "(repeatable): price each tried point (mantissa lengths, "
+                                               "calibration perplexity) on every --accel/--target design, with "
+                                               "the Pareto fronts of perplexity vs latency and energy."),
+        points: str = typer.Option("all", "--points", metavar="WHICH",
+                                   help="With --search: which points to price: all, accepted or chosen."),
         workload: Optional[Path] = typer.Option(None, "--workload", metavar="FILE.yaml",
                                                 help="Workload YAML (gemm: or model:); or give --model or --gemm."),
         model: Optional[str] = typer.Option(None, "--model", metavar="NAME_OR_DIR",
@@ -64,17 +74,73 @@ def register(app: typer.Typer) -> None:
                                             help="Write the figure (.png, .svg, .pdf, .jpg, .eps or .ps)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """Sweep accelerator design points (Pareto front of latency, energy, area), or join the
-        perplexity of `nmx run` results with their cost on one accelerator."""
+        """Sweep accelerator design points (Pareto front of latency, energy, area), join the
+        perplexity of `nmx run` results with their cost on one accelerator, or price the points of
+        `nmx search-precision` (--search) on several designs (Pareto front of perplexity vs cost)."""
         if isinstance(top, bool) or top < 1:
             raise InputError(f"--top must be at least 1, got {top}")
         out = _plot_output(plot)  # decided now: a bad --plot fails before any work
         try:
-            _explore(accel, sweep, list(results) + list(more_results or []), workload, model, gemm, phase, batch,
-                     context, tokens, weights, activations, pattern, kv_format, top, plot, out, as_json, target, impl)
+            if search:
+                if any(x is not None for x in (weights, activations, pattern, kv_format)):
+                    raise InputError("--search takes the formats from each search's recipe and points: drop "
+                                     "--weights/--activations/--pattern/--kv-format")
+                _explore_search(search, accel, target, results, more_results, sweep, workload, gemm, model, phase,
+                                batch, context, tokens, points, impl, top, plot, out, as_json)
+                return
+            if len(accel) > 1 or len(target) > 1:
+                raise InputError("several --accel/--target designs are for --search; a sweep or --results takes one")
+            _explore(accel[0] if accel else None, sweep, list(results) + list(more_results or []), workload, model,
+                     gemm, phase, batch, context, tokens, weights, activations, pattern, kv_format, top, plot, out,
+                     as_json, target[0] if target else None, impl)
         finally:
             if out is not None:
                 out.abort()  # removes the temporary file unless the figure was written
+
+
+def _explore_search(search: list[Path], accel: list[Path], target: list[str], results: list[Path],
+                    more_results: Optional[list[Path]], sweep: list[str], workload: Optional[Path],
+                    gemm: Optional[str], model: Optional[str], phase: str, batch: int, context: int, tokens: int,
+                    points: str, impl: str, top: int, plot: Optional[Path], out: Any, as_json: bool) -> None:
+    """`nmx explore --search`: a precision search's points joined with the designs' cost."""
+    from nmx.hw import explore as ex
+    from nmx.hw.accel_spec import load_accel
+
+    if results or more_results:
+        raise InputError("--search and --results are two joins: give one of them")
+    if sweep or workload is not None or gemm is not None:
+        raise InputError("--search takes the workload from the search's recipe and model: drop "
+                         "--sweep/--workload/--gemm (--model only names the shape where the search's model is no "
+                         "preset)")
+    if not accel and not target:
+        raise InputError("--search needs the designs to price its points on: --accel FILE.yaml or --target "
+                         "NAME_OR_YAML (repeatable)")
+    specs = [load_accel(a) for a in accel] + list(target)
+    res = ex.search_vs_cost(search, specs, model=model, phase=phase, batch=batch, context=context, tokens=tokens,
+                            which=points, gpu_impl=impl)
+    rows = res["rows"]
+    if out is not None:
+        ex.plot_search(rows, out)
+    if as_json:
+        typer.echo(json.dumps({**res, "plot": str(plot) if plot else None}, indent=2))
+        return
+    step = f"{phase}, batch {batch}" + (f", context {context}" if phase == "decode" else f", {tokens} tokens")
+    typer.echo(f"{len(rows)} rows ({len(rows) // max(len(res['targets']), 1)} points x {len(res['targets'])} "
+               f"designs; {step}); perplexity = each search's calibration perplexity")
+    typer.echo(f"Pareto front of perplexity vs latency and energy ({len(res['pareto'])} rows"
+               + (f", first {top}" if len(res["pareto"]) > top else "") + "):")
+    shown = [rows[i] for i in res["pareto"][:top]]
+    ws = max([len("search")] + [len(r["search"]) for r in shown])
+    wt = max([len("design")] + [len(r["target"]) for r in shown])
+    typer.echo(f"{'search':<{ws}} {'qkv/o/up/down':<14} {'design':<{wt}} {'perplexity':>11} {'latency ms':>11} "
+               f"{'energy mJ':>10}")
+    for r in shown:
+        energy = "-" if r["energy_pj"] is None else f"{r['energy_pj'] * 1e-9:.4g}"
+        typer.echo(f"{r['search']:<{ws}} {r['label'] + ('*' if r['chosen'] else ''):<14} {r['target']:<{wt}} "
+                   f"{r['perplexity']:>11.4f} {r['latency_s'] * 1e3:>11.4g} {energy:>10}")
+    typer.echo("(* the search's chosen point)")
+    if plot is not None:
+        typer.echo(f"wrote {plot}")
 
 
 def _plot_output(plot: Optional[Path]) -> Any:
