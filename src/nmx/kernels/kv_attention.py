@@ -12,7 +12,11 @@ Backends: "triton" (triton_kv_attention.py: split-K flash-decoding over the pack
 tensors when triton is importable and keys and values have the same code width; "reference"
 (`decode_attention_reference`: float32 math on the dequantized cache, the twin the kernel is tested
 against) otherwise, with a warning logged once. "auto" picks. Bad input (shapes, dtypes, devices,
-non-contiguous tensors) raises InputError.
+buffers whose (batch, head) rows are not dense) raises InputError.
+
+The cache may be `pack_kv`'s (tight buffers) or the view of an appendable cache
+(`nmx.kernels.kv_cache.PackedKVCache.view()`: token slices of buffers preallocated for a capacity); both
+paths read each buffer through its own batch and head strides, so the view needs no copy.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ group), and the most recent tokens stay in full precision. As in `nmx.kv.KVCache
 the last T - Tq (between `residual` and `residual + G - 1`, or all of them) stay bf16, and tokens are
 rounded to bf16 before they are quantized (that is how they sit in the cache's window).
 
-Buffers (all contiguous, per batch row b and KV head h; element formats: int4 / int2 symmetric with
-an fp16 scale per vector, mxfp4 = e2m1 elements with an e8m0 scale per block of 32, fp8_e4m3 without
-scales, bf16 = nothing quantized):
+Buffers (per batch row b and KV head h; element formats: int4 / int2 symmetric with an fp16 scale per
+vector, mxfp4 = e2m1 elements with an e8m0 scale per block of 32, fp8_e4m3 without scales, bf16 = nothing
+quantized). Each buffer's last two dims are contiguous (a (b, h) row is one dense run); the batch and head
+dims may have any strides, so a buffer can be the first tokens of a larger preallocated one
+(`kv_cache.PackedKVCache.view()`: buf[:, :, :rows] of a [B, H, capacity rows, ...] buffer, no copy).
+`pack_kv` returns contiguous buffers; the kernel reads each tensor's own batch and head strides:
 
     k_codes   int32 [B, H, Tq/NPH, D/2]   32-bit words (bit patterns): word [i, c] holds channel 2c in its
     v_codes   int32 [B, H, Tq/NPH, D/2]   low 16 bits and channel 2c+1 in its high 16 bits, for the NPH =
@@ -83,6 +86,13 @@ def _triton_runs_on(device: torch.device) -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rows_are_dense(t: torch.Tensor) -> bool:
+    """Whether t [B, H, rows, cols] has dense (b, h) rows: its last two dims are contiguous. The batch and head
+    strides are free (a token slice of a preallocated buffer qualifies)."""
+    rows, cols = t.shape[-2:]
+    return (cols <= 1 or t.stride(-1) == 1) and (rows <= 1 or t.stride(-2) == cols)
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,7 +180,7 @@ class PackedKV:
                         move(self.v_codes), move(self.v_scales), move(self.k_rest), move(self.v_rest))
 
     def check(self) -> None:
-        """Refuse buffers that do not have the layout's shapes, dtypes, device and contiguity."""
+        """Refuse buffers without the layout's shapes, dtypes, device and dense (b, h) rows (`rows_are_dense`)."""
         b, h, tq, d = self.batch, self.kv_heads, self.quantized, self.head_dim
         dev = self.device
         want = {"k_rest": ((b, h, self.rest, d), torch.bfloat16), "v_rest": ((b, h, self.rest, d), torch.bfloat16)}
@@ -188,8 +198,9 @@ class PackedKV:
                 raise InputError(f"PackedKV.{name} must be {dtype} {shape}, got {got}: build it with pack_kv")
             if t.device != dev:
                 raise InputError(f"PackedKV.{name} is on {t.device}, the rest of the cache on {dev}")
-            if not t.is_contiguous():
-                raise InputError(f"PackedKV.{name} is not contiguous; call .contiguous() on it")
+            if not rows_are_dense(t):
+                raise InputError(f"PackedKV.{name} is not contiguous in its last two dims (a [B, H, rows, cols] "
+                                 "buffer may be a token slice of a larger one, nothing else); call .contiguous() on it")
 
 
 # ---- packing ---------------------------------------------------------------------------------------
@@ -279,6 +290,26 @@ def _torch_codes(fmt, x: torch.Tensor, keys: bool, tq: int, g: int, span: int, k
     return _pack_words(codes, bits).contiguous(), None if scales is None else scales.contiguous()
 
 
+def resolve_group(key_format: str, value_format: str, group: int | None, residual: int, head_dim: int) -> int:
+    """The group G (tokens per key chunk, channels per value group) of quantized formats, as nmx.kv resolves it
+    (`QuantSpec.chunk`), checked against what the kernel layout takes: a power of two in [16, head_dim]."""
+    from nmx.kv.policy import QuantSpec
+
+    g = QuantSpec(key_format=key_format, value_format=value_format, group=group, residual=residual).chunk
+    if not (_pow2(g) and 16 <= g <= head_dim):
+        raise InputError(f"quant.group: the kernel needs a power-of-two group between 16 and head_dim ({head_dim}), "
+                         f"got {g}")
+    if head_dim % g:
+        raise InputError(f"quant.group: {g} does not divide head_dim {head_dim}")
+    return g
+
+
+def quantized_tokens(tokens: int, residual: int, group: int) -> int:
+    """Tq = G * floor((T - residual) / G), or 0 while T - residual < G: the tokens in quantized storage."""
+    over = tokens - residual
+    return (over // group) * group if over >= group else 0
+
+
 def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_format: str = "int4",
             group: int | None = None, residual: int = 128, backend: str = "auto") -> PackedKV:
     """Quantize K, V [batch, kv_heads, tokens, head_dim] as nmx.kv does and lay them out for the kernel.
@@ -291,7 +322,6 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
     interpreter), or "auto" (torch for now: the Triton pack has been checked bit for bit in Triton's
     CPU interpreter and compiled for sm_90, but not yet run on a GPU). Both give the same bytes."""
     from nmx import formats
-    from nmx.kv.policy import QuantSpec
 
     _check_kv(k, v)
     if backend not in ("auto", "torch", "triton"):
@@ -318,14 +348,8 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor, key_format: str = "int4", value_fo
                          f"CPU tensors); k is on {k.device}")
     if backend == "auto":
         backend = "torch"
-    spec = QuantSpec(key_format=key_format, value_format=value_format, group=group, residual=residual)
-    g = spec.chunk
-    if not (_pow2(g) and 16 <= g <= d):
-        raise InputError(f"quant.group: the kernel needs a power-of-two group between 16 and head_dim ({d}), got {g}")
-    if d % g:
-        raise InputError(f"quant.group: {g} does not divide head_dim {d}")
-    over = t - residual
-    tq = (over // g) * g if over >= g else 0
+    g = resolve_group(key_format, value_format, group, residual, d)
+    tq = quantized_tokens(t, residual, g)
     packed = PackedKV(b, h, t, d, g, residual, key_format, value_format, tq, None, None, None, None,
                       k16[:, :, tq:].contiguous(), v16[:, :, tq:].contiguous())
     out: dict[str, torch.Tensor | None] = {}

@@ -31,6 +31,10 @@ Quantized tokens, per block of BT tokens (one contiguous run of 32-bit code word
 
 bf16 tokens: the plain flash-decoding loop, 16 query-head rows (padded) per program.
 
+Each buffer's (batch row, KV head) run starts at b * stride_b + h * stride_h, read from the tensor itself, so
+the kernel takes `pack_kv`'s tight buffers and `PackedKVCache.view()`'s token slices of preallocated ones
+(rows of a capacity, not of the current length) alike, without a copy.
+
 Under Triton's CPU interpreter (TRITON_INTERPRET=1) the matmul operands are float32 holding the same
 fp16 / bf16 values (its bf16 dots are wrong and its bf16 casts truncate, Triton 3.6) and the block
 loops are while loops (its range() cannot take runtime bounds with numpy 2.4).
@@ -215,7 +219,8 @@ def _bf16_block(blk, qb, kr_base, vr_base, m_b, l_b, acc_b, row_ok, d, TR, D: tl
 @triton.jit
 def _kv_decode_kernel(
         q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, kr_ptr, vr_ptr, wo_ptr, wm_ptr, wl_ptr,
-        qscale, TQ, TR, NCK, NBLK, BPS, NSQ, NBLK_R, BPS_R, NS,
+        qscale, TQ, TR, NCK, NBLK, BPS, NSQ, NBLK_R, BPS_R, NS, HKV,
+        kc_sb, kc_sh, ks_sb, ks_sh, vc_sb, vc_sh, vs_sb, vs_sh, kr_sb, kr_sh, vr_sb, vr_sh,
         HG: tl.constexpr, HGP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, SK: tl.constexpr,
         BT: tl.constexpr, NPH: tl.constexpr, KBITS: tl.constexpr, KELEM: tl.constexpr, KSCALE: tl.constexpr,
         NSV: tl.constexpr,
@@ -224,7 +229,8 @@ def _kv_decode_kernel(
         XOFF_V: tl.constexpr, SUBNORMAL: tl.constexpr, INTERPRET: tl.constexpr):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
-    bh64 = pid_bh.to(tl.int64)
+    b64 = (pid_bh // HKV).to(tl.int64)  # each buffer's (b, h) row starts at b * stride_b + h * stride_h
+    h64 = (pid_bh % HKV).to(tl.int64)
     d = tl.arange(0, D)
     ws_row = (pid_bh * NS + split) * HGP
     if split < NSQ:
@@ -242,10 +248,10 @@ def _kv_decode_kernel(
             eb = tl.minimum((tl.max(tl.max(tl.abs(qf), axis=1), axis=0).to(tl.int32, bitcast=True) >> 23) & 255, 253)
             qn = _round(qf * ((253 - eb) << 23).to(tl.float32, bitcast=True), tl.float16, INTERPRET)
             fk = ((eb + 1) << 23).to(tl.float32, bitcast=True) * XSCALE_K
-        kc_base = kc_ptr + bh64 * (TQ // NPH) * (D // 2)
-        vc_base = vc_ptr + bh64 * (TQ // NPH) * (D // 2)
-        ks_base = ks_ptr + bh64 * NCK * D
-        vs_base = vs_ptr + bh64 * TQ * NSV
+        kc_base = kc_ptr + b64 * kc_sb + h64 * kc_sh
+        vc_base = vc_ptr + b64 * vc_sb + h64 * vc_sh
+        ks_base = ks_ptr + b64 * ks_sb + h64 * ks_sh
+        vs_base = vs_ptr + b64 * vs_sb + h64 * vs_sh
         m_i = tl.full([R], NEG, tl.float32)
         l_i = tl.zeros([R], tl.float32)
         acc = tl.zeros([NSV, R, SV], tl.float32)
@@ -283,8 +289,8 @@ def _kv_decode_kernel(
         ok_b = rows_b < HG
         qb = _round(tl.load(q_ptr + (pid_bh * HG + rows_b)[:, None] * D + d[None, :], mask=ok_b[:, None],
                             other=0.0).to(tl.float32) * qscale, tl.bfloat16, INTERPRET)
-        kr_base = kr_ptr + bh64 * TR * D
-        vr_base = vr_ptr + bh64 * TR * D
+        kr_base = kr_ptr + b64 * kr_sb + h64 * kr_sh
+        vr_base = vr_ptr + b64 * vr_sb + h64 * vr_sh
         m_b = tl.full([RB], NEG, tl.float32)
         l_b = tl.zeros([RB], tl.float32)
         acc_b = tl.zeros([RB, D], tl.float32)
@@ -438,6 +444,14 @@ def _arg(t: torch.Tensor | None, dtype: torch.dtype | None, dummy: torch.Tensor)
     return t.view(dtype) if dtype is not None else t
 
 
+def _bh_strides(t: torch.Tensor | None) -> tuple[int, int]:
+    """(batch, head) strides in elements of a [B, H, rows, cols] buffer (dense rows, kv_layout.rows_are_dense);
+    (0, 0) for an absent or empty one, which the kernel never reads."""
+    if t is None or t.numel() == 0:
+        return 0, 0
+    return t.stride(0), t.stride(1)
+
+
 def kv_decode_attention(q: torch.Tensor, packed: PackedKV, scale: float, config: dict | None = None,
                         poison: bool = False) -> torch.Tensor:
     """out [B, Hq, D] bf16 for q [B, Hq, D] (bf16, contiguous) over `packed` (checked by the caller).
@@ -461,10 +475,12 @@ def kv_decode_attention(q: torch.Tensor, packed: PackedKV, scale: float, config:
     kr = _arg(packed.k_rest, None, dummy)
     vr = _arg(packed.v_rest, None, dummy)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    strides = [s for t in (packed.k_codes, packed.k_scales, packed.v_codes, packed.v_scales, packed.k_rest,
+                           packed.v_rest) for s in _bh_strides(t)]
     _kv_decode_kernel[(b * hkv, ns)](
         q, kc, ks, vc, vs, kr, vr, wo, wm, wl,
         float(scale * LOG2E), packed.quantized, packed.rest, packed.quantized // p["SK"], p["NBLK"], p["BPS"],
-        p["NSQ"], p["NBLK_R"], p["BPS_R"], ns, **{k: p[k] for k in KERNEL_KEYS}, INTERPRET=interpret,
+        p["NSQ"], p["NBLK_R"], p["BPS_R"], ns, hkv, *strides, **{k: p[k] for k in KERNEL_KEYS}, INTERPRET=interpret,
         num_warps=p["num_warps"], num_stages=p["num_stages"], **({"maxnreg": p["maxnreg"]} if p["maxnreg"] else {}))
     _kv_reduce_kernel[(b * hq,)](wo, wm, wl, out, ns, HG=hg, HGP=hgp, D=d, NSP=max(2, _next_pow2(ns)),
                                  INTERPRET=interpret, num_warps=4 if d >= 128 else 2)
