@@ -9,6 +9,15 @@ in log space (multiplicative steps, shrinking), starting from the target's curre
 then prints the fitted parameters (to paste into the preset in src/nmx/hw/gpu.py, with the date)
 and the per-class error before and after. The fit is global per target: no per-shape terms.
 
+`--published` fits another GPU's preset on published, measured numbers instead (the A100's by default:
+src/nmx/hw/data/a100_published.csv, every row with its source): only the rows marked `fit`, only the
+efficiencies the sources can pin (the GEMMs' and fused attention's share of the bf16 peak, the streaming
+efficiency of the decode step's weight reads), starting from the uncalibrated preset (the datasheet with the
+H200's efficiencies); then prints the median |pred/meas - 1| per op class on the held-out rows, uncalibrated,
+fitted and as the preset in gpu.py has it (docs/gpu_validation.md):
+
+    python benchmarks/gpu_fit.py --published [src/nmx/hw/data/a100_published.csv] --target a100-80gb
+
 `--nmx-kernels` fits impl "nmx" instead (nmx's one-token kernel, timed by benchmarks/kernels_bench.py
 from CUDA-graph replays): latency = c0 + seconds-per-weight x N x K, the line through the two shapes
 4096x4096 and 11008x4096 per format, c0 shared (the median of the formats' intercepts), then each
@@ -31,23 +40,41 @@ SCALARS = ("sparse_eff", "launch_s", "kernel_gap_s", "ramp_s", "ramp_bytes", "ro
 DICTS = {"bw_eff": ("gemm", "attention", "elementwise"), "flops_eff": ("bf16", "fp8")}
 
 
+# fractions of a peak: a step that takes one above 1 is refused (an efficiency above 1 is not physical)
+CAPPED = (*DICTS, "sparse_eff", "attention_flops_eff")
+# what published numbers of another GPU pin (see --published)
+PUBLISHED_FREE = (("flops_eff", "bf16"), ("attention_flops_eff", None), ("bw_eff", "gemm"))
+
+
 def params_of(t: gpu.GpuTarget) -> dict[tuple[str, str | None], float]:
     p = {(s, None): getattr(t, s) for s in SCALARS}
     p.update({(d, k): getattr(t, d)[k] for d, keys in DICTS.items() for k in keys})
     return p
 
 
+def param(t: gpu.GpuTarget, key: tuple[str, str | None]) -> float:
+    name, sub = key
+    if name == "attention_flops_eff" and t.attention_flops_eff is None:
+        return t.efficiency("bf16")  # what the model uses for attention without its own efficiency
+    return getattr(t, name)[sub] if sub else getattr(t, name)
+
+
 def build(base: gpu.GpuTarget, p: dict[tuple[str, str | None], float]) -> gpu.GpuTarget:
-    kw: dict = {s: p[(s, None)] for s in SCALARS}
-    for d, keys in DICTS.items():
-        kw[d] = {k: min(p[(d, k)], 1.0) for k in keys}  # an efficiency above 1 is not physical
+    kw: dict = {}
+    for (name, sub), v in p.items():
+        v = min(v, 1.0) if name in CAPPED else v
+        if sub is None:
+            kw[name] = v
+        else:
+            kw[name] = {**kw.get(name, getattr(base, name)), sub: v}
     return gpu.with_params(base, **kw)
 
 
-def loss(t: gpu.GpuTarget, rows: list[dict]) -> float:
+def loss(t: gpu.GpuTarget, rows: list[dict], power: int = 1) -> float:
+    """Mean over op classes of the mean |log(pred / meas)| ** power."""
     by: dict[str, list[float]] = {}
     for r in rows:
-        by.setdefault(gpu.op_class(r), []).append(abs(math.log(gpu.predict_measured(t, r) / r["latency_s"])))
+        by.setdefault(gpu.op_class(r), []).append(abs(math.log(gpu.predict_measured(t, r) / r["latency_s"])) ** power)
     return sum(sum(v) / len(v) for v in by.values()) / len(by)
 
 
@@ -118,38 +145,93 @@ def fit_nmx(path: str, write_csv: bool, target: str = "h200") -> None:
         print(f"wrote {out}")
 
 
+def descend(base: gpu.GpuTarget, rows: list[dict], p: dict[tuple[str, str | None], float], rounds: int,
+            verbose: bool = True, power: int = 1) -> dict[tuple[str, str | None], float]:
+    """Coordinate descent in log space (multiplicative steps, shrinking) on `loss` over `rows`."""
+    best = loss(build(base, p), rows, power)
+    if verbose:
+        print(f"start loss {best:.4f}")
+    step = 1.5
+    for rnd in range(rounds):
+        for key in list(p):
+            for factor in (step, 1 / step):
+                while True:
+                    trial = dict(p)
+                    trial[key] = p[key] * factor
+                    if key[0] in CAPPED and trial[key] > 1.0:
+                        break
+                    val = loss(build(base, trial), rows, power)
+                    if val < best - 1e-6:
+                        p, best = trial, val
+                    else:
+                        break
+        if verbose:
+            print(f"round {rnd}: loss {best:.4f} (step {step:.3f})")
+        step = math.sqrt(step)
+    return p
+
+
+def fit_published(path: str | None, target: str, rounds: int, verbose: bool = True) -> dict:
+    """Fit PUBLISHED_FREE on the `fit` rows of a published-measurements CSV; report the held-out error per
+    class for the uncalibrated preset, the fit, and the preset as gpu.py has it. Returns the fitted values."""
+    rows = gpu.load_published(path)
+    fit = [r for r in rows if r["role"] == "fit"]
+    held = [r for r in rows if r["role"] == "held-out"]
+    base = gpu.uncalibrated(target)
+    # least squares in log space: a class fitted on one row fits it exactly either way, but on several rows
+    # the mean |log| is flat between them (any efficiency between two rows' is optimal); the squares have one
+    # optimum, the geometric mean of what the rows imply
+    p = descend(base, fit, {key: param(base, key) for key in PUBLISHED_FREE}, rounds, verbose, power=2)
+    fitted = build(base, p)
+    if not verbose:
+        return p
+    print("\nfitted on the 'fit' rows (paste into the preset, rounded):")
+    for (name, sub), v in p.items():
+        print(f"  {name}{'[' + sub + ']' if sub else ''} = {min(v, 1.0):.3g}")
+    preset = gpu.get_target(target)
+    errs = {name: (gpu.model_error(t, held), gpu.model_error(t, fit))
+            for name, t in (("uncalibrated", base), ("fitted", fitted), ("preset", preset))}
+    print(f"\n{target}: median |pred/meas - 1| on the held-out rows (fit rows in brackets)")
+    print("| op class | fit rows | held-out rows | uncalibrated | fitted | preset (gpu.py) | preset, max |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    classes = sorted({gpu.op_class(r) for r in rows}, key=lambda c: (c.startswith("decode "), c))
+    for c in classes:
+        cells = []
+        for name in ("uncalibrated", "fitted", "preset"):
+            h, f = errs[name]
+            cell = f"{h[c]['median_abs_err']:.3f}" if c in h else "-"
+            cells.append(cell + (f" ({f[c]['median_abs_err']:.3f})" if c in f else ""))
+        n_fit = sum(gpu.op_class(r) == c for r in fit)
+        h = errs["preset"][0]
+        worst = max((abs(gpu.predict_measured(preset, r) / r["latency_s"] - 1) for r in held if gpu.op_class(r) == c),
+                    default=float("nan"))
+        print(f"| {c} | {n_fit} | {int(h[c]['count']) if c in h else 0} | {' | '.join(cells)} | {worst:.3f} |")
+    print("\nper row: pred/meas - 1, uncalibrated -> preset")
+    for r in rows:
+        e0, e1 = (gpu.predict_measured(t, r) / r["latency_s"] - 1 for t in (base, preset))
+        print(f"  {r['role']:8s} {gpu.op_class(r):15s} {r['id']:42s} {e0:+7.3f} -> {e1:+7.3f}")
+    return p
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nmx-kernels", default=None, help="fit impl 'nmx' on a kernels_bench.py JSON instead")
     ap.add_argument("--write-csv", action="store_true")
     ap.add_argument("--measurements", default=None)
+    ap.add_argument("--published", nargs="?", const="", default=None,
+                    help="fit on published measurements of another GPU (default: src/nmx/hw/data/a100_published.csv)")
     ap.add_argument("--target", default="h200")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
     if args.nmx_kernels:
         fit_nmx(args.nmx_kernels, args.write_csv, args.target)
         return
+    if args.published is not None:
+        fit_published(args.published or None, args.target, args.rounds)
+        return
     _, rows = gpu.load_measurements(args.measurements)
     base = gpu.get_target(args.target)
-    p = params_of(base)
-    best = loss(build(base, p), rows)
-    print(f"start loss {best:.4f}")
-    step = 1.5
-    for rnd in range(args.rounds):
-        for key in list(p):
-            for factor in (step, 1 / step):
-                while True:
-                    trial = dict(p)
-                    trial[key] = p[key] * factor
-                    if (key[0] in DICTS or key[0] == "sparse_eff") and trial[key] > 1.0:
-                        break
-                    val = loss(build(base, trial), rows)
-                    if val < best - 1e-6:
-                        p, best = trial, val
-                    else:
-                        break
-        print(f"round {rnd}: loss {best:.4f} (step {step:.3f})")
-        step = math.sqrt(step)
+    p = descend(base, rows, params_of(base), args.rounds)
     fitted = build(base, p)
     print("\nfitted parameters:")
     for (name, key), v in p.items():

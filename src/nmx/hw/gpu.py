@@ -27,8 +27,10 @@ bytes shrink, its compute stays at `dtype`'s rate.
 Presets cite their datasheets; `h200` is calibrated on kernels measured on the lent H200
 (src/nmx/hw/data/h200_measured.csv, by benchmarks/gpu_calibrate.py; fitted by
 benchmarks/gpu_fit.py), `h100-sxm` shares its calibration (the same chip, other memory) except for
-nmx's own kernels, measured on an H100, and the other presets use the H200's efficiencies as
-defaults -- uncalibrated, and say so.
+nmx's own kernels, measured on an H100; `a100-80gb` has its GEMM, fused-attention and weight-streaming
+efficiencies fitted on published A100 measurements (src/nmx/hw/data/a100_published.csv, each with its
+source; held-out errors in docs/gpu_validation.md), the rest the H200's; `b200` and `l40s` use the H200's
+efficiencies as defaults -- uncalibrated, and say so.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class GpuTarget:
     # nmx's 2..64-token paths (impl "nmx"): the measured dispatch table of nmx.kernels for this chip
     # ("h100": sm_90), whose speedup over cuBLAS scales the modelled cuBLAS time; None: cuBLAS
     dispatch_table: str | None = None
+    # fused attention's (FlashAttention-style) share of the bf16 tensor-core peak; None: flops_eff["bf16"],
+    # the GEMMs' (on the A100 the published FlashAttention-2 timings run at ~0.6 of the peak, cuBLAS at ~0.85)
+    attention_flops_eff: float | None = None
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -145,6 +150,19 @@ _H100_FIT: dict[str, Any] = {
 _UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {}, "dispatch_table": None,
                  "calibration": "uncalibrated: the H200's fitted efficiencies on this chip's datasheet"}
 
+# A100: the datasheet's peaks; the GEMMs', fused attention's and the decode step's weight-streaming efficiencies
+# fitted on published, measured A100 numbers (the `fit` rows of src/nmx/hw/data/a100_published.csv, every row with
+# its source) by `python benchmarks/gpu_fit.py --published --target a100-80gb --rounds 10`; docs/gpu_validation.md
+# has the held-out errors (median 13.9 % GEMM, 12.3 % fused attention, 1.4 % bf16 decode step: the GEMM and
+# attention classes miss the 10 % target, see there why). Everything else (launch and ramp costs, norms,
+# attention's and elementwise bandwidth, 2:4, int8/tf32 rates) is still the H200's, not validated on an A100.
+_A100_FIT: dict[str, Any] = {
+    **_UNCALIBRATED, "flops_eff": {**_H200_FIT["flops_eff"], "bf16": 0.753}, "attention_flops_eff": 0.515,
+    "bw_eff": {**_H200_FIT["bw_eff"], "gemm": 0.869},
+    "calibration": "bf16 GEMM, fused-attention and decode weight-streaming efficiencies fitted on published A100 "
+                   "measurements (src/nmx/hw/data/a100_published.csv, docs/gpu_validation.md); the rest: the H200's "
+                   "efficiencies, not validated on an A100"}
+
 PRESETS: dict[str, GpuTarget] = {t.name: t for t in (
     GpuTarget("h200", 132, 4.8e12, _HOPPER, True, 60e6,
               "NVIDIA H200 datasheet: 141 GB HBM3e at 4.8 TB/s, H100 SXM tensor-core rates", **_H200_FIT),
@@ -152,7 +170,7 @@ PRESETS: dict[str, GpuTarget] = {t.name: t for t in (
               **_H100_FIT),
     # NVIDIA A100 datasheet (80GB SXM): 2.039 TB/s; bf16 312 TFLOPS, int8 624 TOPS, tf32 156; 108 SMs, 40 MB L2.
     GpuTarget("a100-80gb", 108, 2.039e12, {"bf16": 312 * T, "fp16": 312 * T, "int8": 624 * T, "tf32": 156 * T},
-              True, 40e6, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", **_UNCALIBRATED),
+              True, 40e6, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", **_A100_FIT),
     # NVIDIA HGX B200 datasheet, per GPU: 8 TB/s HBM3e; dense fp4 9 PFLOPS, fp8 4.5, bf16 2.25, tf32 1.1;
     # 148 SMs (Blackwell architecture technical brief).
     GpuTarget("b200", 148, 8.0e12, {"bf16": 2250 * T, "fp16": 2250 * T, "fp8": 4500 * T, "int8": 4500 * T,
@@ -325,7 +343,8 @@ def attention_op_latency(target: str | GpuTarget, op: Any) -> dict[str, Any]:
     cache kept) and its bytes (the cache's real layout under a KV policy, the fresh K and V, Q and O),
     with the same roofline as `attention`."""
     t = get_target(target)
-    compute = op.flops / (t.peak("bf16") * t.efficiency("bf16"))
+    eff = t.attention_flops_eff if t.attention_flops_eff is not None else t.efficiency("bf16")
+    compute = op.flops / (t.peak("bf16") * eff)
     memory = t.memory_s(op.bytes, "attention")
     return _result(t, t.launch_s, memory, compute, flops=op.flops, bytes=op.bytes, kv_bytes=op.kv_bytes_read,
                    kv_format=op.kv_format)
@@ -443,18 +462,32 @@ def csv_rows(lines: list[str], path: Path | str) -> list[tuple[int, dict[str, st
 
 
 def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
-    """The model's latency for one measured row (the kernel exactly as benchmarks/gpu_calibrate.py ran it)."""
+    """The model's latency for one measured row (the kernel exactly as benchmarks/gpu_calibrate.py ran it, or as
+    the source of a published row ran it: `load_published`)."""
     i = lambda key: int(row[key])  # noqa: E731
     if row["op"] == "nmx_linear":  # nmx's packed-weight kernel, replayed from CUDA graphs
         return gemm(target, i("m"), i("n"), i("k"), "bf16", row["sparsity"] or None, row["weights"] or None,
                     impl="nmx")["latency_s"]
+    if row["op"] == "linear_fwd_bwd":  # a dense linear's forward and backward: y = x W^T, dX = dY W, dW = dY^T X
+        m, n, k, dtype = i("m"), i("n"), i("k"), row["dtype"]
+        return sum(gemm(target, a, b, c, dtype, impl="ideal")["latency_s"]
+                   for a, b, c in ((m, n, k), (m, k, n), (n, k, m)))
     if row["op"] == "gemm":  # "2:4@graph": replayed from a CUDA graph, so without PyTorch's plan setup
         sparsity, _, how = (row["sparsity"] or "").partition("@")
         return gemm(target, i("m"), i("n"), i("k"), row["dtype"], sparsity or None,
                     impl="ideal" if how == "graph" else "pytorch")["latency_s"]
-    if row["op"] == "attention":
+    if row["op"] == "attention":  # causal unless the row says (published rows do; nmx's own are causal prefill)
+        causal = row.get("causal")
         return attention(target, i("batch"), i("q_len"), i("kv_len"), i("heads_q"), i("heads_kv"),
-                         i("head_dim"))["latency_s"]
+                         i("head_dim"), causal=None if causal is None else bool(causal))["latency_s"]
+    if row["op"] == "decode":  # one whole decode step of a model preset (published tokens/s at batch 1), run
+        # as the sources run it: torch.compile's CUDA graphs, so each kernel's fixed cost is a graph replay's
+        from nmx.hw.workload import Compression, llm_workload
+
+        work = llm_workload(row["model"], "decode", batch=i("batch"), context=i("context"),
+                            compression=Compression(weights=row.get("weights") or None))
+        t = get_target(target)
+        return llm_cost(replace(t, launch_s=t.graph_launch_s), work, impl="ideal")["latency_s"]
     n = i("m") * i("n")
     if row["op"] == "norm":  # read x, write y (the weight vector is negligible)
         return elementwise(target, "norm", i("m"), i("n"), 4.0 * n)["latency_s"]
@@ -463,11 +496,15 @@ def predict_measured(target: str | GpuTarget, row: dict[str, Any]) -> float:
 
 
 def op_class(row: dict[str, Any]) -> str:
+    if row.get("class"):  # published rows name their class (a GEMM class spans bf16 and fp16 sources)
+        return row["class"]
     if row["op"] == "nmx_linear":
         return "nmx " + ("gemv" if row["m"] == 1 else "dot") + " " + "+".join(
             x for x in (row["sparsity"], row["weights"] or "bf16") if x)
     if row["op"] == "gemm":
         return f"gemm {row['dtype']}" + (f" {row['sparsity']}" if row["sparsity"] else "")
+    if row["op"] == "decode":
+        return "decode " + (row.get("weights") or "bf16")
     return row["op"]
 
 
@@ -490,3 +527,69 @@ def model_error(target: str | GpuTarget, rows: Iterable[dict[str, Any]]) -> dict
 def with_params(target: str | GpuTarget, **params: Any) -> GpuTarget:
     """A copy of a target with some calibration parameters changed (for fitting)."""
     return replace(get_target(target), **params)
+
+
+def uncalibrated(target: str | GpuTarget) -> GpuTarget:
+    """A preset's datasheet numbers with the H200's fitted efficiencies (what every preset but h200 and
+    h100-sxm was before it had measurements of its own): the baseline a calibration is judged against."""
+    return with_params(target, **_UNCALIBRATED, attention_flops_eff=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# published measurements of other GPUs (src/nmx/hw/data/<gpu>_published.csv)
+
+PUBLISHED_TEXT = ("id", "role", "class", "op", "gpu", "precision", "shape", "unit", "source", "where", "note", "model",
+                  "weights", "dtype")
+PUBLISHED_REQUIRED = ("id", "role", "class", "op", "gpu", "precision", "shape", "measured", "unit", "source", "where")
+PUBLISHED_UNITS = ("TFLOPS", "ms", "us", "tok/s")
+
+
+def published_latency_s(row: dict[str, Any]) -> float:
+    """The latency a published number stands for: TFLOPS of a GEMM (2 M N K flops, as the source counts
+    them), a time in ms or us, or the tokens per second of batch-1 decoding (one step per token)."""
+    v, unit = row["measured"], row["unit"]
+    if unit == "TFLOPS":
+        if row["op"] != "gemm":
+            raise InputError(f"published row {row['id']}: TFLOPS are only read for op gemm (give the time)")
+        return 2.0 * row["m"] * row["n"] * row["k"] / (v * 1e12)
+    if unit == "tok/s":
+        if row["op"] != "decode" or row["batch"] != 1:
+            raise InputError(f"published row {row['id']}: tok/s is read as one decode step per token at batch 1")
+        return 1.0 / v
+    return v * (1e-3 if unit == "ms" else 1e-6)
+
+
+def load_published(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Rows of a CSV of published measurements (a100_published.csv by default): each names its source
+    (`source` URL, `where` in it: table, row, figure), the GPU, precision and shape as the source gives
+    them, the published number (`measured`, `unit`), the split (`role`: fit or held-out), and the fields
+    `predict_measured` reads. `latency_s` is derived from the published number. An empty required cell, an
+    unknown unit or role, or a cell that is not a number is one InputError naming the file and row."""
+    path = Path(path) if path else measurement_file("a100_published.csv")
+    lines = [ln for ln in read_text(path, "published measurements").splitlines() if not ln.startswith("# ")]
+    rows = []
+    for line, r in csv_rows(lines, path):
+        missing = [k for k in PUBLISHED_REQUIRED if not (r.get(k) or "").strip()]
+        if missing:
+            raise InputError(f"{path} line {line}: empty {', '.join(missing)} (every number needs its source)")
+        out: dict[str, Any] = {}
+        for k, v in r.items():
+            if k in PUBLISHED_TEXT:
+                out[k] = v.strip()
+            elif k == "causal":
+                out[k] = None if not v.strip() else v.strip().lower() in ("1", "true", "yes")
+            else:
+                try:
+                    out[k] = float(v) if v.strip() else 0.0
+                except ValueError:
+                    raise InputError(f"{path} line {line}: column {k!r} must be a number, got {v!r}") from None
+        if out["unit"] not in PUBLISHED_UNITS:
+            raise InputError(f"{path} line {line}: unit {out['unit']!r} is not one of {', '.join(PUBLISHED_UNITS)}")
+        if out["role"] not in ("fit", "held-out"):
+            raise InputError(f"{path} line {line}: role must be 'fit' or 'held-out', got {out['role']!r}")
+        if not out["measured"] > 0:
+            raise InputError(f"{path} line {line}: measured must be positive, got {out['measured']!r}")
+        out.setdefault("sparsity", "")
+        out["latency_s"] = published_latency_s(out)
+        rows.append(out)
+    return rows
