@@ -32,6 +32,15 @@ PE kinds (all from the same parameters):
               Anda-style) stream only their M mantissa bit-planes (the sign plane selects add or
               subtract): passes = ceil(M / bits_per_cycle) + serial_overhead (fixed cycles per MAC
               sequence: the shared-exponent add and the FP32 accumulation across groups).
+              The PE is a bit-serial dot-product unit: `lanes` bits_per_cycle x weight_bits partial
+              products (AND gates for 1 bit), an adder tree (lanes - 1 integer adders, one bit wider per
+              level) and ONE shift-accumulator per PE -- not an accumulator per lane as a dense PE has
+              (its area and per-pass energy are shared by the lanes). With serial_overhead > 0 the
+              overhead cycle is the PE's flush of its integer sum into an FP32 accumulator (an 8-bit
+              exponent add + an FP32 add + a 32-bit register, in area; per MAC sequence, in energy),
+              and the shift-accumulator spans one sequence: act_bits + weight_bits + ceil(log2 lanes)
+              bits (else act_bits + weight_bits + 16 as a dense integer MAC's). Lane energy is charged
+              per data pass (the overhead cycles move no operand bits; the flush is charged instead).
               `bitplane` (an on-the-fly compressor turning BFP activations into bit-planes) costs
               (act_bits + 8) adder bit-slices per activation element (mantissa alignment, the
               group's max-exponent compare) in the `decode` energy, and one 16-bit adder per array
@@ -77,8 +86,9 @@ sum without. Energy: MAC passes x (multiplier + accumulator add) + register bits
 accumulator read and written per MAC) + N:M index muxes (a 2:1 mux bit ~ one adder bit-slice,
 log2(fan-in) levels per activation bit) + glb bits x SRAM energy(capacity) + DRAM bits x pJ/bit +
 format decode (one adder bit-slice per metadata bit delivered to the array) + vector-unit work.
-Area: PEs (lanes x MAC + muxes + registers) + glb SRAM + one index decoder (16-bit adder) per array
-column. Norms, activations, softmax and the embedding run on a vector unit of `cols` lanes:
+Area: PEs (lanes x MAC -- bit-serial: lanes x partial product + adder tree + one accumulator (+ the
+FP32 flush) -- + muxes + registers) + glb SRAM + one index decoder (16-bit adder) per array column.
+Norms, activations, softmax and the embedding run on a vector unit of `cols` lanes:
 cycles = max(flops / cols, DRAM bytes / bandwidth); energy = flops x fp16 add + DRAM bytes.
 """
 
@@ -432,6 +442,17 @@ class _Design:
         add_a = _by_kind(fp, lambda k: t45.add_area_um2(k, np.asarray(acc_dp, float)))
         reg_um2 = t45.reg_area_um2_per_bit()
         mac_a = mul_a + add_a + acc_dp * reg_um2
+        # bit-serial PE (Stripes / Anda style): the lanes' partial products are reduced by an adder tree into
+        # one shift-accumulator per PE (a dense PE keeps one accumulator per lane); with serial_overhead > 0
+        # the PE flushes that integer sum once per MAC sequence into an FP32 accumulator (exponent add +
+        # FP32 add + FP32 register), so the shift-accumulator only spans one sequence
+        self.flush = bs & (p["serial_overhead"] > 0)
+        self.bs_acc = np.where(self.flush, p["act_bits"] + w_dp + np.ceil(np.log2(p["lanes"])), acc_dp)
+        bs_pe_a = (p["lanes"] * mul_a + _adder_tree(lambda b: t45.add_area_um2("int", b), p["lanes"], a_dp + w_dp)
+                   + _by_kind(fp, lambda k: t45.add_area_um2(k, np.asarray(self.bs_acc, float)))
+                   + self.bs_acc * reg_um2
+                   + np.where(self.flush, t45.add_area_um2("int", 8) + t45.add_area_um2("fp", 32) + 32 * reg_um2,
+                              0.0))
         grp = p["nm_group"]
         nsup = _popcount(p["nm_mask"])
         self.fan_in = np.where(grp > 0, grp * np.maximum(nsup, 1), 1)
@@ -439,7 +460,7 @@ class _Design:
         mux_a = np.where(grp > 0, p["act_bits"] * (self.fan_in - 1) * self.mux_bit_um2, 0.0)
         npe = p["rows"] * p["cols"]
         self.area = {
-            "mac": npe * p["lanes"] * mac_a * self.as_,
+            "mac": npe * np.where(bs, bs_pe_a, p["lanes"] * mac_a) * self.as_,
             "mux": npe * p["lanes"] * mux_a * self.as_,
             "reg": npe * p["reg_bytes"] * 8 * reg_um2 * self.as_,
             "glb": p["glb_kb"] * 1024 * 8 * cell,
@@ -453,6 +474,20 @@ class _Design:
         self.glb_bytes_cap = p["glb_kb"] * 1024.0
         self.fp16_add_pj = t45.add_energy_pj("fp", 16) * self.es
         self.t45 = t45
+
+
+def _adder_tree(law: Any, lanes: Any, width: Any) -> np.ndarray:
+    """Sum of law(bits) over the adders of a binary tree reducing `lanes` inputs of `width` bits (level l
+    adds floor(n/2) adders of width + l bits; n -> ceil(n/2)): lanes - 1 adders in all, none for one lane."""
+    n = np.asarray(lanes, dtype=np.float64)
+    width = np.asarray(width, dtype=np.float64)
+    total = np.zeros(np.broadcast_shapes(n.shape, width.shape))
+    level = 1
+    while np.any(n > 1):
+        total = total + np.floor(n / 2) * law(width + level)
+        n = np.ceil(n / 2)
+        level += 1
+    return total
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -483,8 +518,9 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
     a_dp = np.where(d.bs, p["bits_per_cycle"], p["act_bits"])
     serial = d.bs & (g.act_serial_bits > 0)  # BFP on a bit-serial PE: mantissa bits only (+ fixed overhead)
     a_stream = np.where(serial, g.act_serial_bits, g.act_bits)
-    passes = (np.ceil(a_stream / a_dp) + np.where(d.bs, p["serial_overhead"], 0)) \
-        * np.ceil(g.weight_bits / p["weight_bits"])
+    w_passes = np.ceil(g.weight_bits / p["weight_bits"])
+    data_passes = np.ceil(a_stream / a_dp) * w_passes  # cycles that move operand bits (no fixed overhead)
+    passes = (np.ceil(a_stream / a_dp) + np.where(d.bs, p["serial_overhead"], 0)) * w_passes
     a_e = np.minimum(g.act_bits, a_dp)
     w_e = np.minimum(g.weight_bits, p["weight_bits"])
     acc = np.where(d.fp, 32, np.minimum(g.act_bits, p["act_bits"]) + w_e + 16)
@@ -578,11 +614,22 @@ def _eval_gemm(d: _Design, g: Gemm) -> dict[str, np.ndarray]:
     effectual = issued * r_w * g.act_density
     gated = np.where(mode == 1, executed - effectual, 0.0)
     e_pass = (_energy_law(d.t45, "mul", d.fp, a_e, w_e) + _energy_law(d.t45, "add", d.fp, acc)) * d.es
+    # bit-serial PE: per lane and data pass one partial product plus its share of the adder tree and of the
+    # PE's one shift-accumulate; per MAC sequence (a PE's lanes x passes) the flush into FP32 (see _Design)
+    bs_acc = np.where(d.flush, np.minimum(g.act_bits, p["act_bits"]) + w_e + np.ceil(np.log2(lanes)), acc)
+    e_lane = (_energy_law(d.t45, "mul", d.fp, a_e, w_e)
+              + (_adder_tree(lambda b: d.t45.add_energy_pj("int", b), lanes, a_e + w_e)
+                 + _energy_law(d.t45, "add", d.fp, bs_acc)) / lanes) * d.es
+    sequences = g.m * g.n * kp * f_cyc * w_passes
+    e_flush = np.where(d.flush, (d.t45.add_energy_pj("int", 8) + d.t45.add_energy_pj("fp", 32)) * d.es, 0.0)
     meta_to_array = Wm * np.where(Wb > 0, arr_W / np.maximum(Wb, 1e-30), 0) \
         + Xm * np.where(Xb > 0, arr_X / np.maximum(Xb, 1e-30), 0)
     energy = {
-        "mac": (executed - gated) * passes * e_pass,
-        "reg": executed * passes * (a_e + w_e + 2 * acc) * d.reg_pj_bit,
+        "mac": np.where(d.bs, (executed - gated) * data_passes * e_lane + sequences * e_flush,
+                        (executed - gated) * passes * e_pass),
+        "reg": np.where(d.bs, executed * data_passes * (a_e + w_e + 2 * bs_acc / lanes)
+                        + np.where(d.flush, sequences * (bs_acc + 2 * 32), 0.0),
+                        executed * passes * (a_e + w_e + 2 * acc)) * d.reg_pj_bit,
         "mux": np.where(p["nm_group"] > 0, executed * passes * a_e * np.log2(d.fan_in) * d.bit_pj, 0.0),
         "glb": glb * 8 * d.sram_pj_bit,
         "dram": dram * 8 * p["dram_pj_per_bit"],

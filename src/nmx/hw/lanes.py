@@ -11,8 +11,13 @@ share the activation broadcast and the accumulation step). So
 Reordering sorts the groups by width before dispatch (a counting sort over the 1..16 possible widths:
 one counter increment and one index write per group, `reorder_ops`), so each wave holds similar widths.
 `variable_width_gain` compares per-group widths (with and without reordering) against one width for
-all groups (their maximum, what a per-tensor setting must use): the ratio of cycles. Where the gain
-is below 1 + reorder overhead, variable widths stop paying.
+all groups -- their maximum (what a per-tensor setting must use to keep every group's error bound), or
+`uniform_width` (e.g. the per-tensor-type length a precision search chose): the ratio of cycles. Where
+the gain is below 1 + reorder overhead, variable widths stop paying.
+
+Reordering is only possible where the hardware accumulates partial sums by address (an output-stationary
+accumulator indexed by token and output), not where a systolic column must see a token's groups in K
+order; `reorder_ops` counts the sort, not that accumulator.
 """
 
 from __future__ import annotations
@@ -48,12 +53,17 @@ def reorder_ops(groups: int) -> int:
     return 2 * groups + 16
 
 
-def variable_width_gain(widths: Sequence[int], lanes: int, overhead: int = 0) -> dict[str, float]:
-    """Speedup of per-group widths over one width (the maximum) for all groups, in dispatch order and
-    reordered; and the utilizations."""
+def variable_width_gain(widths: Sequence[int], lanes: int, overhead: int = 0,
+                        uniform_width: int | None = None) -> dict[str, float]:
+    """Speedup of per-group widths over one width for all groups (`uniform_width`, default the maximum),
+    in dispatch order and reordered; and the utilizations."""
     w = _check(widths, lanes, overhead)
-    uniform = (max(w) + overhead) * math.ceil(len(w) / lanes)
+    if uniform_width is not None and (isinstance(uniform_width, bool) or int(uniform_width) != uniform_width
+                                      or uniform_width < 0):
+        raise InputError(f"uniform_width must be a whole number >= 0, got {uniform_width!r}")
+    ref = max(w) if uniform_width is None else int(uniform_width)
+    uniform = (ref + overhead) * math.ceil(len(w) / lanes)
     plain, sorted_ = lane_cycles(w, lanes, overhead), lane_cycles(w, lanes, overhead, reorder=True)
-    return {"uniform_cycles": float(uniform), "speedup": uniform / plain["cycles"],
+    return {"uniform_width": float(ref), "uniform_cycles": float(uniform), "speedup": uniform / plain["cycles"],
             "speedup_reordered": uniform / sorted_["cycles"], "utilization": plain["utilization"],
             "utilization_reordered": sorted_["utilization"], "reorder_ops": sorted_["reorder_ops"]}
