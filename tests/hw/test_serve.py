@@ -127,16 +127,15 @@ def test_a_compressed_recipe_changes_kv_bytes_and_step_times():
 def test_a_higher_rate_never_raises_attainment():
     # the same exponential gaps scaled by 1 / rate (common random numbers): a monotonic property
     for dep in (Deployment("colocated", gpus=2), Deployment("disaggregated", prefill_gpus=1, decode_gpus=1)):
-        att, per_gpu = [], []
+        att = []
         for rate in (2, 6, 12, 16, 24, 32):
             tr = Traffic(rate, LengthDist.parse("lognormal:1024:0.5"), LengthDist.parse("uniform:16:128"), 0.3, 0.02,
                          requests=60, min_duration_s=10, seed=3)
             r = simulate(tr, dep, H100)
             att.append(r.attainment)
-            per_gpu.append(r.goodput_per_gpu_rps)
         assert all(x >= y for x, y in zip(att, att[1:], strict=False)), att
-        assert att[-1] < 0.9  # the last rates are beyond saturation ...
-        assert per_gpu[-1] <= max(per_gpu)  # ... where goodput per GPU no longer grows
+        assert att[-1] < 0.9  # the last rate is beyond what the SLOs allow
+        # (beyond saturation goodput per GPU does not grow: a property test in test_serve_chunked_af.py)
 
 
 def test_a_faster_link_never_slows_the_kv_transfer():
