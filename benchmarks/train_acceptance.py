@@ -49,23 +49,10 @@ from pathlib import Path
 
 
 def _tiny_model(folder: Path) -> str:
-    """A 2-layer random Llama with a character tokenizer (the test suite's tiny model), saved in `folder`."""
-    import string
+    """nmx's tiny random Llama with a character tokenizer (the test suite's model), saved in `folder`."""
+    from nmx.model.tiny import save_tiny_llama
 
-    import torch
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chars = ["[UNK]", "[BOS]"] + list(string.printable)
-    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chars), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="[BOS]").save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(folder)
 
 
 def _default_train_text() -> str:
