@@ -9,6 +9,11 @@
    tokens bit for bit at every step (int4 and int2 through the Triton pack; mxfp4, fp8_e4m3 through torch;
    bf16); the Triton decode-attention kernel on the view equals it on `pack_kv`'s result bit for bit, and
    the reference twin (float32, on the CPU) within 1e-2 relative. B=2, 8 KV heads, D=128.
+   Graph mode (int4, int2, bf16; a prefill then single tokens, and one token at a time): the append kernel's
+   cache equals `pack_kv` bit for bit at every step (on a GPU this is the only check of its in-program barriers:
+   the interpreter runs a program's threads in lockstep), every counter slot holds the token count, and the
+   fixed-grid decode kernel equals the view's kernel bit for bit with one split each, and the twin within 1e-2
+   with its own (capacity-sized) splits.
 2. Timing, a Llama-2-7B-shaped model's KV: 32 layers, each its own cache (so the layers' bytes do not
    sit in the L2 together), B in {1, 16}, 32 KV heads = 32 query heads, D=128, context 2048 (prefilled:
    1920 tokens quantized, 128 in the bf16 window), int4 keys and values, G=32, residual 128:
@@ -23,6 +28,13 @@
      (events) and graph-replayed; per layer = / 32.
    - the append as a fraction of 32 x (append + attention), eager and graph, and, with --step-ms (a
      measured decode step, e.g. from `nmx bench decode`), of that step: 32 x append / step.
+   - graph mode (PackedKVCache(static=True): the token count on the device, one append kernel per layer per
+     step whose flush only runs on the step that fills the window): the same G steps into 32 fresh graph-mode
+     caches, eager (events per step; each group ends with a host check of the counters and a rewind) and
+     captured: one graph of G steps x 32 layers plus a rewind of each layer's counter by G (so replays repeat the
+     same slots and one flush per layer), minus a graph of the same 32 counter updates alone
+     ("static_append"); and the fixed-grid decode attention (`decode_attention_static`, grid sized for the
+     capacity, lengths read on the device), graph-replayed over the 32 layers ("graph_static_per_layer_s").
 Writes JSON to --out (a file, or DIR/kv_append.json for a folder) and prints a markdown table.
 
 --cpu-dry-run runs the same code, tiny (2 layers, B in {1, 2}, 2 KV heads, D=64, context 96, G=16,
@@ -51,6 +63,7 @@ FULL = dict(layers=32, batches=(1, 16), kv_heads=32, q_heads=32, head_dim=128, c
 DRY = dict(layers=2, batches=(1, 2), kv_heads=2, q_heads=4, head_dim=64, context=96, group=16, residual=32,
            groups=2, attention_reps=2, check=dict(batch=1, kv_heads=2, head_dim=64, group=32, residual=24))
 CHECK_FORMATS = [("int4", "int4"), ("int2", "int2"), ("mxfp4", "mxfp4"), ("fp8_e4m3", "fp8_e4m3"), ("bf16", "bf16")]
+GRAPH_FORMATS = ["int4", "int2", "bf16"]  # what graph mode (PackedKVCache(static=True)) takes
 
 
 class Clock:
@@ -152,20 +165,66 @@ def check(device: torch.device, cfg: dict) -> list[dict]:
             rows.append(row)
             print(f"check {row['formats']:18s} {name:20s} {'ok' if row['ok'] else 'FAIL ' + str(row['error'])}",
                   flush=True)
+    for kf in GRAPH_FORMATS:
+        for name in ("prefill_then_tokens", "one_at_a_time"):
+            row = {"formats": f"{kf}/{kf}", "schedule": name, "mode": "graph (static=True)"}
+            try:
+                row["tokens"], bad = check_graph(device, cfg, kf, schedules[name])
+                row["ok"], row["error"] = bad is None, bad
+            except Exception as err:  # noqa: BLE001 -- recorded, and the run stops before timing
+                row["ok"], row["error"] = False, f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+            rows.append(row)
+            print(f"check {row['formats']:18s} {name:20s} graph mode "
+                  f"{'ok' if row['ok'] else 'FAIL ' + str(row['error'])}", flush=True)
     return rows
+
+
+def check_graph(device: torch.device, cfg: dict, kf: str, schedule: list[int]) -> tuple[int, str | None]:
+    """A graph-mode cache fed `schedule` (prefills through the eager path, single tokens through the append
+    kernel) against pack_kv at every step, its counters, and its fixed-grid decode attention."""
+    from nmx.kernels.kv_attention import decode_attention, decode_attention_reference, decode_attention_static
+    from nmx.kernels.kv_cache import PackedKVCache
+    from nmx.kernels.kv_layout import pack_kv
+
+    b, h, d, res = cfg["batch"], cfg["kv_heads"], cfg["head_dim"], cfg["residual"]
+    g = None if kf == "bf16" else cfg["group"]
+    total = sum(schedule)
+    k, v = random_kv((b, h, total, d), device, seed=total + 7)
+    cache = PackedKVCache(b, h, d, total + 3, kf, kf, g, res, device, static=True)
+    lo = 0
+    for n in schedule:
+        cache.append(k[:, :, lo:lo + n], v[:, :, lo:lo + n])
+        lo += n
+        if not bool((cache.lengths == lo).all()):
+            return total, f"after {lo} tokens: counters {cache.lengths.unique().tolist()}"
+        bad = same_bytes(cache.view(), pack_kv(k[:, :, :lo], v[:, :, :lo], kf, kf, g, res, backend="torch"))
+        if bad:
+            return total, f"after {lo} tokens: {bad}"
+    q = torch.randn(b, 2 * h, d, device=device).to(torch.bfloat16)
+    view = cache.view()
+    one = decode_attention_static(q, cache, config={"num_splits": 1})
+    if not torch.equal(one, decode_attention(q, view, backend="triton", config={"num_splits": 1})):
+        return total, "the fixed-grid decode attention differs from the view's (one split each)"
+    out = decode_attention_static(q, cache)
+    ref = decode_attention_reference(q.cpu(), view.to("cpu")).float()
+    err = float((out.float().cpu() - ref).norm() / ref.norm())
+    if not err < 1e-2:
+        return total, f"the fixed-grid decode attention is {err:.2e} from the twin"
+    return total, None
 
 
 # ---- 2. timing -----------------------------------------------------------------------------------------
 
 
-def build_layers(cfg: dict, batch: int, device: torch.device) -> list:
+def build_layers(cfg: dict, batch: int, device: torch.device, static: bool = False) -> list:
     from nmx.kernels.kv_cache import PackedKVCache
 
     g = cfg["group"]
     caches = []
     for i in range(cfg["layers"]):
         c = PackedKVCache(batch, cfg["kv_heads"], cfg["head_dim"], cfg["context"] + g, "int4", "int4", g,
-                          cfg["residual"], device)
+                          cfg["residual"], device, static=static)
         k, v = random_kv((batch, cfg["kv_heads"], cfg["context"], cfg["head_dim"]), device, seed=i)
         c.append(k, v)
         caches.append(c)
@@ -233,6 +292,56 @@ def graph_appends(caches: list, new_k: list, new_v: list, group: int, reps: int 
     return t
 
 
+def time_static_appends(caches: list, new_k: list, new_v: list, cfg: dict, clock: Clock) -> dict:
+    """Graph-mode caches: G one-token steps into every layer (one append kernel each, the flush inside it on the
+    G-th), eager by events per step, then rewound (the counter set back by G: the same slots next time)."""
+    g, layers = cfg["group"], len(caches)
+    start = caches[0].tokens
+    group_s, flush_s, plain_s = [], [], []
+    for rep in range(cfg["groups"] + 2):  # two warm-up groups (Triton compiles on the first launch)
+        clock.sync()
+        marks = [clock.mark()]
+        for i in range(g):
+            for c in caches:
+                c.append(new_k[i], new_v[i])
+            marks.append(clock.mark())
+        clock.sync()
+        counts = {int(x) for c in caches for x in c.lengths.unique().tolist()}
+        if counts != {start + g}:
+            raise RuntimeError(f"graph mode: a group of {g} appends left the counters at {sorted(counts)}, not "
+                               f"{start + g}")
+        for c in caches:
+            c.tokens = start
+        if rep < 2:
+            continue
+        steps = [clock.seconds(a, b) for a, b in zip(marks[:-1], marks[1:], strict=True)]
+        group_s.append(clock.seconds(marks[0], marks[-1]))
+        flush_s.append(max(steps))  # the step that fills the window (which one depends on the context)
+        plain_s.append(statistics.median(steps))
+    out = {"eager_per_token_per_layer_s": statistics.median(group_s) / (g * layers),
+           "eager_plain_step_all_layers_s": statistics.median(plain_s),
+           "eager_flush_step_all_layers_s": statistics.median(flush_s)}
+    if clock.cuda:
+        from nmx.kernels.timing import graph_time
+
+        def group():
+            for i in range(g):
+                for c in caches:
+                    c.append(new_k[i], new_v[i])
+            for c in caches:
+                c.lengths.sub_(g)
+
+        def counters_only():  # the same 32 small launches, no state change
+            for c in caches:
+                c.lengths.sub_(0)
+
+        both = graph_time(group, reps=cfg["attention_reps"])
+        rewinds = graph_time(counters_only, reps=cfg["attention_reps"])
+        out["graph_per_token_per_layer_s"] = (both - rewinds) / (g * layers)
+        out["graph_counter_rewinds_s"] = rewinds
+    return out
+
+
 def time_attention(caches: list, q: torch.Tensor, cfg: dict, clock: Clock) -> dict:
     from nmx.kernels.kv_attention import decode_attention
 
@@ -257,6 +366,15 @@ def time_attention(caches: list, q: torch.Tensor, cfg: dict, clock: Clock) -> di
     return out
 
 
+def time_static_attention(caches: list, q: torch.Tensor, cfg: dict) -> float:
+    """Seconds per layer of the fixed-grid decode attention over graph-mode caches, graph-replayed."""
+    from nmx.kernels.kv_attention import decode_attention_static
+    from nmx.kernels.timing import graph_time
+
+    return graph_time(lambda: [decode_attention_static(q, c) for c in caches], reps=cfg["attention_reps"],
+                      calls=len(caches))
+
+
 def timing(cfg: dict, device: torch.device, step_ms: float | None) -> list[dict]:
     clock = Clock(device)
     rows = []
@@ -265,14 +383,23 @@ def timing(cfg: dict, device: torch.device, step_ms: float | None) -> list[dict]
         shape = (batch, cfg["kv_heads"], 1, cfg["head_dim"])
         new = [random_kv(shape, device, seed=1000 + i) for i in range(cfg["group"])]
         append = time_appends(caches, [k for k, _ in new], [v for _, v in new], cfg, clock)
+        pack_backend = caches[0].backend
         q = torch.randn(batch, cfg["q_heads"], cfg["head_dim"], device=device).to(torch.bfloat16)
         attention = time_attention(caches, q, cfg, clock)
         view = caches[0].view()
+        del caches
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        static = build_layers(cfg, batch, device, static=True)
+        static_append = time_static_appends(static, [k for k, _ in new], [v for _, v in new], cfg, clock)
+        if clock.cuda:
+            attention["graph_static_per_layer_s"] = time_static_attention(static, q, cfg)
+        del static
         row = {"batch": batch, "layers": cfg["layers"], "kv_heads": cfg["kv_heads"], "q_heads": cfg["q_heads"],
                "head_dim": cfg["head_dim"], "context": cfg["context"], "group": cfg["group"],
                "residual": cfg["residual"], "formats": "int4/int4", "quantized_tokens": view.quantized,
-               "bf16_tokens": view.rest, "cache_bytes_per_layer": view.nbytes, "pack_backend": caches[0].backend,
-               "append": append, "attention": attention}
+               "bf16_tokens": view.rest, "cache_bytes_per_layer": view.nbytes, "pack_backend": pack_backend,
+               "append": append, "static_append": static_append, "attention": attention}
         layers = cfg["layers"]
         for kind in ("eager", "graph"):
             a, t = append.get(f"{kind}_per_token_per_layer_s"), attention.get(f"{kind}_per_layer_s")
@@ -282,8 +409,13 @@ def timing(cfg: dict, device: torch.device, step_ms: float | None) -> list[dict]
             row[f"{kind}_layers_append_plus_attention_ms"] = layers * (a + t) * 1e3
             if step_ms:
                 row[f"{kind}_append_fraction_of_step"] = layers * a * 1e3 / step_ms
+        a, t = static_append.get("graph_per_token_per_layer_s"), attention.get("graph_static_per_layer_s")
+        if a is not None and t is not None:
+            row["graph_static_append_fraction_of_append_plus_attention"] = a / (a + t)
+            row["graph_static_layers_append_plus_attention_ms"] = layers * (a + t) * 1e3
+            if step_ms:
+                row["graph_static_append_fraction_of_step"] = layers * a * 1e3 / step_ms
         rows.append(row)
-        del caches
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -291,8 +423,9 @@ def timing(cfg: dict, device: torch.device, step_ms: float | None) -> list[dict]
 
 def table(rows: list[dict]) -> str:
     lines = ["| B | append/token/layer eager (host) | append graph | flush step / plain step (all layers) | "
-             "attention/layer eager | graph | append share eager | graph | of step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "attention/layer eager | graph | append share eager | graph | of step | graph mode: append graph | "
+             "attention graph | append share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     us = lambda s: "-" if s is None else f"{s * 1e6:.2f} us"  # noqa: E731
     pct = lambda f: "-" if f is None else f"{100 * f:.2f} %"  # noqa: E731
     for r in rows:
@@ -303,7 +436,10 @@ def table(rows: list[dict]) -> str:
                      f"{us(t['eager_per_layer_s'])} | {us(t.get('graph_per_layer_s'))} | "
                      f"{pct(r.get('eager_append_fraction_of_append_plus_attention'))} | "
                      f"{pct(r.get('graph_append_fraction_of_append_plus_attention'))} | "
-                     f"{pct(r.get('graph_append_fraction_of_step', r.get('eager_append_fraction_of_step')))} |")
+                     f"{pct(r.get('graph_append_fraction_of_step', r.get('eager_append_fraction_of_step')))} | "
+                     f"{us(r['static_append'].get('graph_per_token_per_layer_s'))} | "
+                     f"{us(t.get('graph_static_per_layer_s'))} | "
+                     f"{pct(r.get('graph_static_append_fraction_of_append_plus_attention'))} |")
     return "\n".join(lines)
 
 

@@ -438,6 +438,14 @@ def bench_decode_cmd(
     tokens: int = typer.Option(128, "--tokens", min=1, help="Decode steps timed."),
     mode: str = typer.Option("auto", "--mode", help="graph (one step in a CUDA graph; auto on a GPU), compile "
                              "(torch.compile, then a CUDA graph; minutes per model and batch) or eager."),
+    kv: str = typer.Option("bf16", "--kv", metavar="FORMAT",
+                           help="KV cache: bf16 (transformers' StaticCache, the default), or int4 / int2: every model "
+                                "is also timed, as its own row, with nmx's packed KV cache in graph mode."),
+    kv_group: Optional[int] = typer.Option(None, "--kv-group", metavar="G",
+                                           help="With --kv: tokens per key chunk and channels per value scale "
+                                                "(default: the format's, 32)."),
+    kv_residual: int = typer.Option(128, "--kv-residual", metavar="N",
+                                    help="With --kv: the most recent tokens kept in bf16 (the window holds N..N+G-1)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.json", help="Also write the record as JSON."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", help="Without a GPU: a slow eager smoke run on the CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
@@ -445,7 +453,7 @@ def bench_decode_cmd(
     """Decode tokens/s of a model's own forward (static cache, CUDA graph): bf16 vs compressed, one run."""
     from nmx.errors import InputError
     from nmx.io import OutputFile
-    from nmx.kernels.decode_bench import bench_decode, quick_recipe
+    from nmx.kernels.decode_bench import bench_decode, kv_spec, quick_recipe
     from nmx.recipe import load_recipe
 
     try:
@@ -458,10 +466,12 @@ def bench_decode_cmd(
         recipe = quick_recipe(weights, pattern)
     else:
         recipe = load_recipe(recipe_path) if recipe_path else None
+    kv_spec(kv, kv_group, kv_residual)  # one line for a KV format or option the packed cache does not take
     target = OutputFile(out, "--out", (".json",)) if out else None
     with target if target is not None else _nothing() as tmp:
         record = bench_decode(model, config, recipe, run_dir, batches, context, tokens, mode, allow_cpu,
-                              progress=lambda msg: typer.echo(msg, err=True))
+                              progress=lambda msg: typer.echo(msg, err=True), kv=kv, kv_group=kv_group,
+                              kv_residual=kv_residual)
         if tmp is not None:
             from nmx.io import write_json_atomic
 
@@ -473,8 +483,9 @@ def bench_decode_cmd(
         extra = f", {r['speedup_vs_bf16']:.2f}x bf16" if "speedup_vs_bf16" in r else ""
         frac = f", {100 * r['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth" \
             if "fraction_of_copy_bandwidth" in r else ""
+        kv_mb = f", KV {r['kv_bytes_per_step'] / 2**20:.1f} MiB/step" if "kv_bytes_per_step" in r else ""
         typer.echo(f"{r['variant']:>10}  batch {r['batch']:>3}  {r['ms_per_step']:8.3f} ms/step  "
-                   f"{r['tokens_per_s']:10.1f} tokens/s{extra}{frac}  ({r['mode']})")
+                   f"{r['tokens_per_s']:10.1f} tokens/s{extra}{frac}{kv_mb}  ({r['mode']})")
 
 
 def _nothing():

@@ -3,6 +3,7 @@
     nmx bench decode --config llama-2-7b --weights int4_g128 --batch 1,16 --context 2048 --tokens 128
     nmx bench decode --model smollm2-135m --recipe r.yaml        # nmx's compress, then convert_recipe
     nmx bench decode --run RUN_DIR                               # a `nmx run --save-model` folder
+    nmx bench decode --config llama-2-7b --weights int4_g128 --kv int4   # + rows with nmx's packed int4 KV cache
 
 Both models run the same code: the transformers model's forward with a `StaticCache` of
 context + tokens (+ a few) slots, one new token per sequence per step, greedy (the argmax feeds the next
@@ -24,6 +25,20 @@ runs nmx's own compress (calibration included) and `convert_recipe` (exact packi
 
 Without a CUDA GPU the command refuses (one line); `allow_cpu` runs eager steps on the CPU through the
 reference twin: a smoke run of the code path, not a measurement.
+
+A quantized KV cache (`kv="int4"` / `"int2"`, `--kv`): every model is also timed, as its own row, with nmx's
+packed KV cache in graph mode (kv_hf.packed_cache(static=True): per layer one append kernel and the fixed-grid
+decode-attention kernel, the token count on the device) instead of the StaticCache: rows "bf16 kv-int4" and
+"compressed kv-int4" beside "bf16" and "compressed" (bf16 KV in a StaticCache), speedups against the "bf16" row
+of the same batch, in the same run. Its cache holds context + tokens + 8 tokens; it is filled by appending
+random bf16 keys and values of `context` tokens (quantized chunk by chunk as a prefill would leave them), and
+rewound to `context` after the warm-up steps (the counter is set back; slots are rewritten, and the same
+`tokens` steps, flushes included, are timed). The packed kernels read only the live tokens, so each row records
+its KV bytes per step as the mean over the timed steps of what the decode kernel reads (codes, scales and the
+bf16 window at that length; `bytes_per_step["kv_cache"]`, also `kv_bytes_per_step`), against the StaticCache's
+all slots. On the CPU the packed rows run eagerly through the reference twins (the cache's torch path and the
+float32 attention). `mode="compile"` is not applied to packed rows (their attention dispatch runs Python that
+dynamo would break on): they are captured uncompiled, and their `mode` says so.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +75,57 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 MODES = ("auto", "compile", "graph", "eager")
 SLACK = 8  # cache slots beyond context + tokens (warm-up steps write there before the length is reset)
+#: KV formats the graph-mode packed cache takes (its Triton append packs them; the decode kernel reads them)
+KV_GRAPH_FORMATS = ("int4", "int2")
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """The packed KV cache of the `--kv` rows: one format for keys and values, its group and bf16 window."""
+
+    format: str
+    group: int | None = None
+    residual: int = 128
+
+    @property
+    def name(self) -> str:
+        return f"kv-{self.format}"
+
+
+def kv_spec(fmt: str | None, group: int | None = None, residual: int = 128) -> KVSpec | None:
+    """The `--kv` choice checked before any work: None for bf16 (transformers' StaticCache, the default)."""
+    from nmx.kernels.kv_layout import KV_FORMATS
+
+    if fmt is None or fmt == "bf16":
+        return None
+    if fmt not in KV_FORMATS:
+        raise InputError(f"--kv {fmt}: the KV decode-attention kernel does not read {fmt!r}; --kv takes bf16 "
+                         f"(transformers' StaticCache, the default), {' or '.join(KV_GRAPH_FORMATS)}")
+    if fmt not in KV_GRAPH_FORMATS:
+        raise InputError(f"--kv {fmt}: the graph-mode packed KV cache takes {' or '.join(KV_GRAPH_FORMATS)} (its "
+                         f"Triton append packs no other format); bf16 (the default) times transformers' StaticCache")
+    if isinstance(residual, bool) or not isinstance(residual, int) or residual < 0:
+        raise InputError(f"--kv-residual must be an integer >= 0, got {residual!r}")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise InputError(f"--kv-group must be a positive integer, got {group!r}")
+    return KVSpec(fmt, group, residual)
+
+
+def check_kv_model(config: Any, kv: KVSpec | None) -> None:
+    """Refuse (one line) a model whose KV shape the packed cache's kernels do not take."""
+    if kv is None:
+        return
+    from nmx.kernels.kv_layout import MAX_HEAD_DIM, _pow2, resolve_group
+    from nmx.kv.cache import model_kv_shape
+
+    _, _, head_dim = model_kv_shape(config)
+    if not (isinstance(head_dim, int) and _pow2(head_dim) and 16 <= head_dim <= MAX_HEAD_DIM):
+        raise InputError(f"--kv {kv.format}: the KV decode-attention kernel takes head_dim 16, 32, 64, 128 or 256; "
+                         f"this model's is {head_dim} (time it with the default --kv bf16)")
+    try:
+        resolve_group(kv.format, kv.format, kv.group, kv.residual, head_dim)
+    except InputError as err:
+        raise InputError(f"--kv {kv.format}: {str(err).replace('quant.group: ', '--kv-group: ')}") from None
 
 
 def config_model(name: str, device: torch.device | str = "cpu", seed: int = 0,
@@ -112,9 +179,10 @@ def _fill_random(cache: Any, seed: int) -> None:
             t.copy_(torch.randn(t.shape, generator=g, device=t.device, dtype=torch.float32).to(t.dtype))
 
 
-def bytes_per_step(model: Any, batch: int, cache_len: int) -> dict[str, int]:
+def bytes_per_step(model: Any, batch: int, cache_len: int, kv_bytes: int | None = None) -> dict[str, int]:
     """Bytes one decode step must read: linear weights (packed or bf16), the LM head, the norms, and the
-    static cache's keys and values (all of its slots: transformers attends over the whole static cache)."""
+    static cache's keys and values (all of its slots: transformers attends over the whole static cache), or
+    `kv_bytes` (a packed cache: what its kernels read)."""
     from nmx.kernels.convert import PackedLinearModule
 
     linear = head = 0
@@ -130,7 +198,7 @@ def bytes_per_step(model: Any, batch: int, cache_len: int) -> dict[str, int]:
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = cfg.num_hidden_layers * 2 * batch * heads * cache_len * head_dim * 2
+    kv = cfg.num_hidden_layers * 2 * batch * heads * cache_len * head_dim * 2 if kv_bytes is None else kv_bytes
     return {"linear_weights": linear, "lm_head": head, "kv_cache": kv, "total": linear + head + kv}
 
 
@@ -154,9 +222,52 @@ def decode_step(fn: Any, cache: Any, ids: torch.Tensor, kw: dict) -> Callable[[]
     return step
 
 
+def packed_decode_cache(model: Any, batch: int, length: int, context: int, kv: KVSpec, seed: int = 0) -> Any:
+    """A graph-mode packed KV cache (kv_hf.packed_cache, static=True) for `length` tokens per sequence, filled
+    with `context` tokens of random bf16 keys and values (appended as one prefill per layer: quantized chunk by
+    chunk, the window as a prefill leaves it). On the CPU its layers run the reference twin (backend "torch")."""
+    from nmx.kernels.kv_hf import packed_cache
+
+    device = next(model.parameters()).device
+    cache = packed_cache(model, batch, length, kv.format, kv.format, kv.group, kv.residual,
+                         backend="auto" if device.type == "cuda" else "torch", static=True)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for store in cache.stores():
+        shape = (batch, store.kv_heads, context, store.head_dim)
+        k = torch.randn(shape, generator=g, device=device, dtype=torch.float32).to(torch.bfloat16)
+        v = torch.randn(shape, generator=g, device=device, dtype=torch.float32).to(torch.bfloat16)
+        store.append(k, v)
+        del k, v
+    return cache
+
+
+def _rewind(cache: Any, stores: list, n: int) -> None:
+    """Set a StaticCache's length, or every graph-mode packed layer's device counter, to n tokens."""
+    if not stores:
+        _set_length(cache, n)
+    for store in stores:
+        store.lengths.fill_(n)
+
+
+def _packed_step(fn: Any, ids: torch.Tensor, kw: dict) -> Callable[[], torch.Tensor]:
+    """One greedy decode step through a graph-mode packed cache. The 4-D all-visible mask is passed through by
+    transformers as it is (so nothing sizes a mask from the cache's count on the host) and ignored by the packed
+    decode attention, which reads the count from the device."""
+    mask = torch.ones(ids.shape[0], 1, 1, 1, dtype=torch.bool, device=ids.device)
+
+    def step() -> torch.Tensor:
+        logits = fn(ids, attention_mask=mask, **kw).logits
+        ids.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        return logits
+
+    return step
+
+
 @torch.no_grad()
-def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = "auto", seed: int = 0) -> dict:
-    """Time `tokens` decode steps of `batch` sequences at `context` tokens (module docstring)."""
+def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = "auto", seed: int = 0,
+                 kv: KVSpec | None = None) -> dict:
+    """Time `tokens` decode steps of `batch` sequences at `context` tokens (module docstring); `kv`: through a
+    graph-mode packed KV cache instead of the StaticCache."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     device = next(model.parameters()).device
@@ -164,23 +275,47 @@ def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = 
     mode = ("graph" if cuda else "eager") if mode == "auto" else mode
     if not cuda and mode != "eager":
         raise InputError(f"mode {mode!r} needs a CUDA GPU; the CPU runs eager steps only")
+    if kv is not None:
+        check_kv_model(model.config, kv)
     from nmx.kernels.convert import PATHS
 
     PATHS.clear()
     length = context + tokens + SLACK
-    cache = static_cache(model, batch, length)
-    kw = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device, generator=g)
-    model(ids, **kw)  # initializes the cache's layers
-    _fill_random(cache, seed)
+    uncompiled = kv is not None and mode == "compile"
+    if uncompiled:
+        mode = "graph"
+    previous_attention = getattr(model.config, "_attn_implementation", None)
+    try:
+        return _decode_speed(model, batch, context, tokens, mode, seed, kv, length, ids, cuda, uncompiled)
+    finally:
+        if kv is not None and getattr(model.config, "_attn_implementation", None) != previous_attention:
+            model.set_attn_implementation(previous_attention)
+
+
+def _decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str, seed: int, kv: KVSpec | None,
+                  length: int, ids: torch.Tensor, cuda: bool, uncompiled: bool) -> dict:
+    from nmx.kernels.convert import PATHS
+
+    if kv is None:
+        cache = static_cache(model, batch, length)
+        kw = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
+        model(ids, **kw)  # initializes the cache's layers
+        _fill_random(cache, seed)
+        stores = []
+    else:
+        cache = packed_decode_cache(model, batch, length, context, kv, seed)
+        kw = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
+        stores = cache.stores()
+
     fn = model
     compile_s = 0.0
     if mode == "compile":
         t = time.perf_counter()
         fn = torch.compile(model, dynamic=False)  # graph breaks allowed: the capture records the kernels anyway
-    step = decode_step(fn, cache, ids, kw)
-    _set_length(cache, context)
+    step = decode_step(fn, cache, ids, kw) if kv is None else _packed_step(fn, ids, kw)
+    _rewind(cache, stores, context)
     for _ in range(3):  # warm-up: compiles (compile mode), Triton JIT, the dispatcher's caches
         step()
     if mode == "compile":
@@ -202,7 +337,7 @@ def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = 
             log.warning("decode bench: the CUDA graph capture failed (%s); timing eager steps", graph_error)
             torch.cuda.synchronize()
             mode = f"{mode} capture failed: eager" if mode == "graph" else "compile (no graph)"
-    _set_length(cache, context)
+    _rewind(cache, stores, context)
     run = graph.replay if graph is not None else step
     last = None
     if cuda:
@@ -220,17 +355,33 @@ def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = 
             last = run()
         seconds = time.perf_counter() - t0
     last = static_logits if graph is not None else last
-    done = int(cache.layers[0].cumulative_length) if hasattr(cache.layers[0], "cumulative_length") else None
+    if kv is None:
+        done = int(cache.layers[0].cumulative_length) if hasattr(cache.layers[0], "cumulative_length") else None
+    else:  # every layer, every program's counter (an overflow would show as capacity + 1)
+        counts = torch.stack([s.lengths for s in stores])
+        done = int(counts[0, 0]) if bool((counts == counts[0, 0]).all()) else f"unequal {counts.unique().tolist()}"
     if done is not None and done != context + tokens:
         raise RuntimeError(f"the cache advanced to {done} tokens, expected {context + tokens}")
-    nbytes = bytes_per_step(model, batch, length)
+    if kv is None:
+        nbytes = bytes_per_step(model, batch, length)
+        kv_info = {"format": "bf16", "cache": "StaticCache", "slots_read": length}
+    else:  # the mean over the timed steps of what the kernels read (step i attends over context + i + 1 tokens)
+        per_layer = sum(stores[0].nbytes_at(context + i + 1) for i in range(tokens)) / tokens
+        nbytes = bytes_per_step(model, batch, length, round(per_layer * len(stores)))
+        s0 = stores[0]
+        kv_info = {"format": kv.format, "cache": "PackedKVCache (graph mode)", "group": s0.group,
+                   "residual": s0.residual, "backend": s0.backend, "capacity": s0.capacity,
+                   "static_cache_kv_bytes_per_step": bytes_per_step(model, batch, length)["kv_cache"]}
     ms = 1e3 * seconds / tokens
-    out = {"batch": batch, "context": context, "tokens": tokens, "mode": mode, "ms_per_step": ms,
+    if uncompiled:
+        mode = f"{mode} (packed KV: not compiled)"
+    out = {"batch": batch, "context": context, "tokens": tokens, "mode": mode, "kv": kv_info,
+           "kv_bytes_per_step": nbytes["kv_cache"], "ms_per_step": ms,
            "tokens_per_s": batch * tokens / seconds, "bytes_per_step": nbytes,
            "read_GBps": nbytes["total"] / (ms / 1e3) / 1e9, "compile_s": compile_s or None, "graph_error": graph_error,
            "finite": bool(torch.isfinite(last).all()),  # the last step's logits
            "paths": dict(PATHS)}  # converted layers' eager calls per dispatcher path (warm-up steps)
-    del graph, cache, fn
+    del graph, cache, fn, kw, stores, step
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -369,8 +520,10 @@ def load_run(run_dir: Path, device: torch.device | str, model_spec: str | None =
 def bench_decode(model: str | None = None, config: str | None = None, recipe: Any = None,
                  run_dir: Path | None = None, batches: tuple[int, ...] = (1, 16), context: int = 2048,
                  tokens: int = 128, mode: str = "auto", allow_cpu: bool = False, backend: str = "auto",
-                 progress: Callable[[str], None] | None = None) -> dict:
-    """Dense bf16 and compressed, side by side in one run (module docstring). Returns the record."""
+                 progress: Callable[[str], None] | None = None, kv: str | None = None, kv_group: int | None = None,
+                 kv_residual: int = 128) -> dict:
+    """Dense bf16 and compressed, side by side in one run (module docstring), each also through the graph-mode
+    packed KV cache when `kv` is a quantized format. Returns the record."""
     say = progress or (lambda msg: log.info("%s", msg))
     if sum(x is not None for x in (model, config, run_dir)) == 0:
         raise InputError("give --model M, --config NAME or --run RUN_DIR")
@@ -386,6 +539,11 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         raise InputError(f"unknown --config {config!r}: use one of {', '.join(CONFIGS)}")
     if run_dir is not None and config is not None:
         raise InputError("--run folders hold a real model's weights: use --model (or nothing), not --config")
+    kv_choice = kv_spec(kv, kv_group, kv_residual)
+    if kv_choice is not None and config is not None:
+        from transformers import LlamaConfig
+
+        check_kv_model(LlamaConfig(**CONFIGS[config]), kv_choice)
     run_result = check_run_dir(Path(run_dir)) if run_dir is not None else None
     if recipe is not None and recipe.quantization is not None and recipe.quantization.weights:
         from nmx.kernels.layout import kernel_format
@@ -400,17 +558,24 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
                     "not a measurement")
     device = torch.device("cuda" if cuda else "cpu")
     record: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "context": context,
-                              "tokens": tokens, "batches": list(batches), "rows": []}
+                              "tokens": tokens, "batches": list(batches),
+                              "kv": None if kv_choice is None else {"format": kv_choice.format,
+                                                                    "group": kv_choice.group,
+                                                                    "residual": kv_choice.residual},
+                              "rows": []}
     if cuda:
         record["copy_GBps"] = copy_bandwidth(device) / 1e9
 
     def time_all(m: Any, variant: str) -> None:
-        for b in batches:
-            say(f"timing {variant}, batch {b}")
-            row = {"variant": variant, **decode_speed(m, b, context, tokens, mode)}
-            if cuda:
-                row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
-            record["rows"].append(row)
+        check_kv_model(m.config, kv_choice)
+        for cache_kv in (None, kv_choice) if kv_choice is not None else (None,):
+            name = variant if cache_kv is None else f"{variant} {cache_kv.name}"
+            for b in batches:
+                say(f"timing {name}, batch {b}")
+                row = {"variant": name, "weights": variant, **decode_speed(m, b, context, tokens, mode, kv=cache_kv)}
+                if cuda:
+                    row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
+                record["rows"].append(row)
 
     # dense bf16
     if config is not None:
@@ -426,9 +591,16 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         record["model"] = spec
     time_all(dense, "bf16")
 
+    def speedups() -> None:
+        base = {r["batch"]: r["tokens_per_s"] for r in record["rows"] if r["variant"] == "bf16"}
+        for r in record["rows"]:
+            r["speedup_vs_bf16"] = r["tokens_per_s"] / base[r["batch"]]
+
     # compressed
     if recipe is None and run_dir is None:
         record["compressed"] = None
+        if kv_choice is not None:
+            speedups()
         return record
     if config is not None:
         say("compressing (magnitude pruning, packing)")
@@ -458,9 +630,7 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
                             "method": ("magnitude (random weights)" if config else sp.method) if sp else None,
                             "recipe_model": recipe.model, "from_run": str(run_dir) if run_dir else None}
     time_all(compressed, "compressed")
-    base = {r["batch"]: r["tokens_per_s"] for r in record["rows"] if r["variant"] == "bf16"}
-    for r in record["rows"]:
-        r["speedup_vs_bf16"] = r["tokens_per_s"] / base[r["batch"]]
+    speedups()
     return record
 
 

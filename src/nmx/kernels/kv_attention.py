@@ -17,6 +17,12 @@ buffers whose (batch, head) rows are not dense) raises InputError.
 The cache may be `pack_kv`'s (tight buffers) or the view of an appendable cache
 (`nmx.kernels.kv_cache.PackedKVCache.view()`: token slices of buffers preallocated for a capacity); both
 paths read each buffer through its own batch and head strides, so the view needs no copy.
+
+`decode_attention_static(q, cache)` takes a graph-mode `PackedKVCache` (static=True) itself: the same kernel
+launched over the cache's capacity with a grid fixed when the cache was built, reading the live token count
+from the cache's device counter (no host sync: capturable in a CUDA graph). Its reference twin (backend
+"reference", the default where the cache runs its twin, e.g. on the CPU) is `decode_attention_reference` on
+`cache.view()` (which syncs).
 """
 
 from __future__ import annotations
@@ -131,3 +137,30 @@ def decode_attention(q: torch.Tensor, packed: PackedKV, scale: float | None = No
     from nmx.kernels.triton_kv_attention import kv_decode_attention
 
     return kv_decode_attention(q.to(torch.bfloat16), packed, scale, config)
+
+
+def decode_attention_static(q: torch.Tensor, cache, scale: float | None = None, backend: str = "auto",
+                            config: dict | None = None) -> torch.Tensor:
+    """out [B, Hq, D] bf16 over the tokens of a graph-mode `PackedKVCache` (module docstring). backend "auto":
+    the Triton kernel where the cache appends with it (CUDA, or TRITON_INTERPRET=1), else the reference twin.
+    Checks only what needs no host sync (shapes, dtypes, devices), so it can run inside a CUDA-graph capture."""
+    from nmx.kernels.kv_cache import PackedKVCache
+
+    if not isinstance(cache, PackedKVCache) or not cache.static:
+        raise InputError(f"decode_attention_static takes a graph-mode PackedKVCache (static=True), got "
+                         f"{type(cache).__name__}{'' if not isinstance(cache, PackedKVCache) else ' (static=False)'}"
+                         "; use decode_attention(q, cache.view())")
+    layout = cache.capacity_view()
+    scale = _check(q, layout, scale)
+    if backend == "auto":
+        backend = "triton" if cache.backend == "triton" else "reference"
+    if backend == "reference":
+        return decode_attention_reference(q, cache.view(), scale)
+    if backend != "triton":
+        raise InputError(f"unknown backend {backend!r}: use auto, triton or reference")
+    if not triton_importable() or (q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
+        raise InputError(f"backend 'triton' needs triton and CUDA tensors (these are on {q.device}) or "
+                         "TRITON_INTERPRET=1; use backend='auto' or 'reference'")
+    from nmx.kernels.triton_kv_attention import kv_decode_attention_static
+
+    return kv_decode_attention_static(q.to(torch.bfloat16), cache, scale, config)

@@ -30,9 +30,34 @@ of K and V (1 MiB read, 1 MiB written) per appended token: under 1 us at H100 ba
 
 A bf16 cache (key and value format "bf16") quantizes nothing: its window is the whole capacity.
 
-Not here: CUDA-graph capture. The number of quantized tokens and the window length are Python ints that
-change every step (the view's shapes change), and a flush is a Python-side branch; a captured step needs the
-lengths in device tensors, a kernel grid sized for the capacity, and the flush as a predicated kernel.
+Graph mode (`static=True`): a decode step capturable in one CUDA graph.
+
+    cache = PackedKVCache(..., static=True)     # int4/int4, int2/int2 or bf16/bf16
+    cache.append(k, v)                          # prefill (n > 1): the path above (host sync), then the counter
+    cache.append(k1, v1)                        # one token: ONE kernel launch, no sync, no branch on data
+    out = decode_attention_static(q, cache)     # kv_attention.py: a grid fixed for the capacity
+
+The token count T lives on the device (`lengths`, int32, one slot per (K or V, batch row, head) program of the
+append kernel, all equal; `length` is slot 0 as a 0-dim tensor, what a Hugging Face model takes positions from).
+The quantized count and the window length follow from it: Tq = quantized_tokens(T), Tr = T - Tq (the pack_kv
+invariant holds after every append, so nothing else is state). A one-token append is
+triton_kv_pack's `_kv_static_append_kernel`: each program writes the token at window slot Tr and, only when that
+fills the window (Tr + 1 == residual + G), packs the oldest chunk into slot Tq / G and shifts the residual tokens
+to the window's front, then T + 1. The same window (shifted, not a ring), the same chunk slots and the same
+`_pack_chunk` arithmetic as the eager Triton pack, so `view()` still equals `pack_kv` of all tokens bit for bit
+(the graph tests check it in Triton's interpreter). Appending past the capacity writes nothing and leaves the
+counter at capacity + 1: the decode kernel then returns NaN and `tokens` raises (a captured step cannot raise).
+
+Cost of a graph-mode one-token append, per layer: one launch of 2 x B x H programs; on G - 1 steps in G each
+program writes D bf16 values and its counter, on the step that fills the window each also packs one chunk
+(G x D) and moves `residual` tokens (the eager path's work, in the same launch instead of 2 + 2 ceil(residual /
+G) more). No NaN check (it would sync): a NaN key or value gives NaN attention outputs, as in eager mode on CUDA.
+
+Reading `tokens`, `quantized` or `view()` of a graph-mode cache copies the counter to the host (a sync): do it
+outside captured steps. mxfp4 / fp8_e4m3 have no Triton pack, and keys and values of different code widths are
+not read by the decode kernel, so graph mode refuses them. backend="torch" (the default off CUDA, without
+TRITON_INTERPRET=1) runs the reference twin instead of the kernel: the eager path with the counter copied to the
+host and back, the same bytes, not capturable.
 """
 
 from __future__ import annotations
@@ -67,7 +92,7 @@ class PackedKVCache:
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, key_format: str = "int4",
                  value_format: str = "int4", group: int | None = None, residual: int = 128,
-                 device: torch.device | str = "cpu", backend: str = "auto") -> None:
+                 device: torch.device | str = "cpu", backend: str = "auto", static: bool = False) -> None:
         self.batch = _positive_int(batch, "batch")
         self.kv_heads = _positive_int(kv_heads, "kv_heads")
         self.capacity = _positive_int(capacity, "capacity")
@@ -84,15 +109,20 @@ class PackedKVCache:
         if backend not in BACKENDS:
             raise InputError(f"PackedKVCache: unknown backend {backend!r}: use {', '.join(BACKENDS)}")
         self.device = torch.device(device)
+        self.static = bool(static)
         ints = self.key_kind[0] == "int" and self.value_kind[0] == "int"
-        if backend == "triton" and not ints:
+        if self.static and not (self.dense or (ints and self.key_kind[1] == self.value_kind[1])):
+            raise InputError(f"PackedKVCache: graph mode (static=True) takes int4 / int4, int2 / int2 or bf16 / bf16 "
+                             f"keys / values (what its Triton append packs and the decode kernel reads), not "
+                             f"{key_format} / {value_format}")
+        if backend == "triton" and not (ints or (self.static and self.dense)):
             raise InputError(f"PackedKVCache: the triton backend packs int4 / int2 keys and values, not {key_format} / "
                              f"{value_format}; use backend='torch' or 'auto'")
         if backend == "triton" and not _triton_runs_on(self.device):
             raise InputError(f"PackedKVCache: the triton backend needs triton and a CUDA device (or "
                              f"TRITON_INTERPRET=1 for CPU tensors); the cache is on {self.device}")
         if backend == "auto":
-            backend = "triton" if ints and _triton_runs_on(self.device) else "torch"
+            backend = "triton" if (ints or self.static) and _triton_runs_on(self.device) else "torch"
         self.backend = backend
         b, h, d = self.batch, self.kv_heads, head_dim
         if self.dense:
@@ -108,8 +138,57 @@ class PackedKVCache:
         cap = self.quantized_capacity
         self.k_codes, self.k_scales = self._storage(self.key_kind, cap, keys=True)
         self.v_codes, self.v_scales = self._storage(self.value_kind, cap, keys=False)
-        self.tokens = 0
-        self.quantized = 0
+        self._tokens = 0
+        self._quantized = 0
+        #: graph mode: tokens so far, one int32 slot per append-kernel program (K / V x batch row x head), all equal
+        self.lengths = torch.zeros(2 * b * h, dtype=torch.int32, device=self.device) if self.static else None
+
+    # ---- token counts --------------------------------------------------------------------------------
+
+    @property
+    def length(self) -> torch.Tensor:
+        """Graph mode: the token count as a 0-dim int32 device tensor (a view of `lengths`: it follows appends)."""
+        if not self.static:
+            raise InputError("PackedKVCache.length is the device-side count of a graph-mode cache (static=True); "
+                             "use .tokens")
+        return self.lengths[0]
+
+    def _pull(self) -> None:
+        """Graph mode: the host counts from the device counter (a sync)."""
+        t = int(self.lengths[0])
+        if t > self.capacity:
+            raise InputError(f"PackedKVCache: more tokens were appended than its capacity of {self.capacity} holds "
+                             "(graph mode: nothing was written past it and the decode attention returned NaN since); "
+                             "build the cache with a larger capacity")
+        self._tokens = t
+        self._quantized = 0 if self.dense else quantized_tokens(t, self.residual, self.group)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in the cache (graph mode: read from the device, a sync)."""
+        if self.static:
+            self._pull()
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, n: int) -> None:  # benchmarks rewind a cache by setting it
+        self._tokens = int(n)
+        if self.static:
+            self.lengths.fill_(self._tokens)
+            self._quantized = 0 if self.dense else quantized_tokens(self._tokens, self.residual, self.group)
+
+    @property
+    def quantized(self) -> int:
+        """Tokens in quantized storage (graph mode: from the device count, a sync)."""
+        if self.static:
+            self._pull()
+        return self._quantized
+
+    @quantized.setter
+    def quantized(self, n: int) -> None:
+        if self.static:
+            raise InputError("PackedKVCache: in graph mode the quantized count follows from .tokens; set that")
+        self._quantized = int(n)
 
     # ---- layout facts --------------------------------------------------------------------------------
 
@@ -135,7 +214,9 @@ class PackedKVCache:
     @property
     def rest(self) -> int:
         """Tokens in the bf16 window."""
-        return self.tokens - self.quantized
+        if self.static:
+            self._pull()
+        return self._tokens - self._quantized
 
     @property
     def nbytes_allocated(self) -> int:
@@ -145,7 +226,7 @@ class PackedKVCache:
 
     # ---- appending -----------------------------------------------------------------------------------
 
-    def _check_new(self, k: torch.Tensor, v: torch.Tensor) -> int:
+    def _check_new(self, k: torch.Tensor, v: torch.Tensor, capacity: bool = True) -> int:
         want = f"[{self.batch}, {self.kv_heads}, n, {self.head_dim}]"
         for name, x in (("k", k), ("v", v)):
             if not isinstance(x, torch.Tensor):
@@ -162,9 +243,11 @@ class PackedKVCache:
             raise InputError(f"PackedKVCache.append: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same "
                              "shape")
         n = k.shape[2]
-        if self.tokens + n > self.capacity:
+        if not capacity:  # graph mode's one-token append: the kernel guards the capacity (no host sync)
+            return n
+        if self._tokens + n > self.capacity:
             raise InputError(f"PackedKVCache.append: {n} more tokens overflow the capacity of {self.capacity} (it "
-                             f"holds {self.tokens}); build the cache with a larger capacity")
+                             f"holds {self._tokens}); build the cache with a larger capacity")
         # a one-token append on a GPU skips this check (a device sync per layer per step); a NaN there makes the
         # attention output NaN, never a wrong finite value
         if n > 1 or self.device.type != "cuda":
@@ -175,9 +258,24 @@ class PackedKVCache:
 
     @torch.no_grad()
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Add n tokens (k, v [B, H, n, D]); quantize every chunk that leaves the window (module docstring)."""
+        """Add n tokens (k, v [B, H, n, D]); quantize every chunk that leaves the window (module docstring).
+        Graph mode, one token, triton backend: one kernel launch (capturable); otherwise the eager path."""
+        if self.static:
+            if self.backend == "triton" and isinstance(k, torch.Tensor) and k.dim() == 4 and k.shape[2] == 1:
+                from nmx.kernels.triton_kv_pack import append_token
+
+                self._check_new(k, v, capacity=False)
+                append_token(self, k, v)
+                return
+            self._pull()
+            self._append_eager(k, v)
+            self.lengths.fill_(self._tokens)
+            return
+        self._append_eager(k, v)
+
+    def _append_eager(self, k: torch.Tensor, v: torch.Tensor) -> None:
         n = self._check_new(k, v)
-        rest, width = self.rest, self.window.shape[3]
+        rest, width = self._tokens - self._quantized, self.window.shape[3]
         total = rest + n
         if total <= width:  # the common case (a decode step): the new tokens land in the window
             self.window[0, :, :, rest:total].copy_(k)
@@ -195,8 +293,8 @@ class PackedKVCache:
             self.window[1, :, :, :keep].copy_(src_v[:, :, moved:])
         elif moved:
             self._shift_window(moved, keep)
-        self.tokens += n
-        self.quantized += moved
+        self._tokens += n
+        self._quantized += moved
 
     def _shift_window(self, by: int, keep: int) -> None:
         """Move window tokens by .. by + keep - 1 to 0 .. keep - 1 (K and V together), in pieces of at most `by`
@@ -210,7 +308,7 @@ class PackedKVCache:
         chunk slots of the codes and scales."""
         from nmx import formats
 
-        start = self.quantized
+        start = self._quantized
         for keys, src, kind, name in ((True, src_k, self.key_kind, self.key_format),
                                       (False, src_v, self.value_kind, self.value_format)):
             codes_buf = self.k_codes if keys else self.v_codes
@@ -250,21 +348,49 @@ class PackedKVCache:
     def view(self) -> PackedKV:
         """The cache's tokens as a `PackedKV` whose tensors are slices of this cache's buffers (no copy): valid
         until the next `append` (which writes the window in place)."""
-        if self.tokens == 0:
+        if self.static:
+            self._pull()
+        if self._tokens == 0:
             raise InputError("PackedKVCache.view: the cache holds no tokens yet; append some first")
-        tq, rest = self.quantized, self.rest
+        tq, rest = self._quantized, self._tokens - self._quantized
 
         def rows(buf: torch.Tensor | None, tokens_per_row: int) -> torch.Tensor | None:
             return None if buf is None else buf[:, :, :tq // tokens_per_row]
 
         k_nph, v_nph = HALF_BITS // self.key_kind[1], HALF_BITS // self.value_kind[1]
         k_span = self._span(self.key_kind, True)  # value scales: one row per token
-        return PackedKV(self.batch, self.kv_heads, self.tokens, self.head_dim, self.group, self.residual,
+        return PackedKV(self.batch, self.kv_heads, self._tokens, self.head_dim, self.group, self.residual,
                         self.key_format, self.value_format, tq, rows(self.k_codes, k_nph), rows(self.k_scales, k_span),
                         rows(self.v_codes, v_nph), rows(self.v_scales, 1),
                         self.window[0, :, :, :rest], self.window[1, :, :, :rest])
 
+    def capacity_view(self) -> PackedKV:
+        """The whole preallocated storage as a `PackedKV` (all quantized slots, the whole window): the shapes the
+        graph-mode decode kernel's fixed grid is planned on (it reads the live lengths from `lengths`). Not the
+        cache's tokens: use `view()` for those."""
+        w = self.window.shape[3]
+        return PackedKV(self.batch, self.kv_heads, self.quantized_capacity + w, self.head_dim, self.group,
+                        self.residual, self.key_format, self.value_format, self.quantized_capacity, self.k_codes,
+                        self.k_scales, self.v_codes, self.v_scales, self.window[0], self.window[1])
+
+    def nbytes_at(self, tokens: int) -> int:
+        """Bytes a decode step reads at `tokens` tokens (codes, scales, the live window; K and V): `view().nbytes`
+        of a cache holding that many, computed without one."""
+        b, h, d = self.batch, self.kv_heads, self.head_dim
+        tq = 0 if self.dense else quantized_tokens(tokens, self.residual, self.group)
+        total = 2 * 2 * b * h * (tokens - tq) * d  # the bf16 window
+        for kind, keys in ((self.key_kind, True), (self.value_kind, False)):
+            if self.dense:
+                continue
+            total += b * h * (tq * kind[1] // HALF_BITS) * (d // 2) * 4
+            if kind[2] is not None:
+                span = self._span(kind, keys)
+                total += b * h * ((tq // span) * d if keys else tq * (d // span)) * (2 if kind[2] == "fp16" else 1)
+        return total
+
     def reset(self) -> None:
         """Forget every token (the buffers stay allocated; stale bytes are never read: views cover written
         tokens only)."""
-        self.tokens = self.quantized = 0
+        self._tokens = self._quantized = 0
+        if self.static:
+            self.lengths.zero_()

@@ -23,6 +23,15 @@ What decode steps see is the quantized cache exactly as nmx.kv's fake-quant cach
 quantized tokens, bit for bit, and the same bf16 window); the decode attention itself rounds q and its
 output to bf16 (the kernel's operands), which the fake-quant path (float32 SDPA) does not.
 
+Graph mode (`packed_cache(..., static=True)`, int4 / int2 / bf16): each layer's cache is a graph-mode
+`PackedKVCache`; a one-token step is then one append kernel and the fixed-grid decode kernel per layer, with no
+host sync anywhere (the attention skips its padded-mask check, which would sync; the cache's
+`get_seq_length()` is the device-side count, a 0-dim tensor, so the model's positions come from the device, as
+with transformers' StaticCache), so a whole decode step captures in one CUDA graph. A captured step must be given
+a 4-D attention mask (any: the packed decode ignores it; `nmx.kernels.decode_bench` passes one), because
+without one transformers sizes the mask from `get_mask_sizes`, which reads the count on the host. The prefill
+(several tokens) runs as in eager mode, outside the graph. Off CUDA the caches run their reference twin.
+
 Not supported (InputError): sliding-window or hybrid models, a padded batch in a decode step (the decode
 kernel has no mask), beam search / batch reordering, crop, offloading, more tokens than the capacity.
 """
@@ -61,6 +70,11 @@ def packed_kv_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if store is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if store.static:  # graph mode: no host sync (so no mask check): the fixed-grid kernel on the device count
+        from nmx.kernels.kv_attention import decode_attention_static
+
+        out = decode_attention_static(query[:, :, 0].contiguous(), store, scale=scaling)
+        return out.to(query.dtype)[:, None], None
     if attention_mask is not None and not _mask_hides_nothing(attention_mask):
         raise InputError("the packed KV decode attention has no mask: padded batch rows are not supported; decode "
                          "one unpadded sequence per row")
@@ -113,11 +127,12 @@ class PackedKVLayer(CacheLayerMixin):
         k, v = dequantize_kv(self.store.view())
         return k.to(key_states.dtype), v.to(value_states.dtype)
 
-    def get_seq_length(self) -> int:
-        return self.store.tokens
+    def get_seq_length(self) -> int | torch.Tensor:
+        """Tokens so far; graph mode: the device-side count (a 0-dim tensor: positions computed without a sync)."""
+        return self.store.length if self.store.static else self.store.tokens
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.store.tokens + query_length, 0
+        return self.store.tokens + query_length, 0  # graph mode: a sync (captured steps pass a 4-D mask instead)
 
     def get_max_length(self) -> int:
         return self.store.capacity
@@ -166,10 +181,12 @@ class PackedModelCache(Cache):
 
 
 def packed_cache(model: Any, batch: int, capacity: int, key_format: str = "int4", value_format: str = "int4",
-                 group: int | None = None, residual: int = 128, backend: str = "auto") -> PackedModelCache:
+                 group: int | None = None, residual: int = 128, backend: str = "auto",
+                 static: bool = False) -> PackedModelCache:
     """A `PackedModelCache` for `model` (a decoder whose layers all use full attention), preallocated for `batch`
     sequences of up to `capacity` tokens each, on the model's device; switches the model's attention
-    implementation to "nmx_packed_kv" (which is sdpa for every call that is not a packed decode step)."""
+    implementation to "nmx_packed_kv" (which is sdpa for every call that is not a packed decode step).
+    `static=True`: graph-mode layer caches (module docstring)."""
     from nmx.kv.cache import model_kv_shape
 
     config = model.config.get_text_config(decoder=True)
@@ -181,7 +198,7 @@ def packed_cache(model: Any, batch: int, capacity: int, key_format: str = "int4"
     layers, kv_heads, head_dim = model_kv_shape(config)
     first = next(model.parameters())
     stores = [PackedKVCache(batch, kv_heads, head_dim, capacity, key_format, value_format, group, residual,
-                            first.device, backend) for _ in range(layers)]
+                            first.device, backend, static) for _ in range(layers)]
     register_attention()
     previous = getattr(model.config, "_attn_implementation", None)
     if previous != ATTENTION_NAME:

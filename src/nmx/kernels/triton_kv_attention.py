@@ -218,21 +218,36 @@ def _bf16_block(blk, qb, kr_base, vr_base, m_b, l_b, acc_b, row_ok, d, TR, D: tl
 
 @triton.jit
 def _kv_decode_kernel(
-        q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, kr_ptr, vr_ptr, wo_ptr, wm_ptr, wl_ptr,
-        qscale, TQ, TR, NCK, NBLK, BPS, NSQ, NBLK_R, BPS_R, NS, HKV,
+        q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, kr_ptr, vr_ptr, wo_ptr, wm_ptr, wl_ptr, len_ptr,
+        qscale, TQ, TR, NCK, NBLK, BPS, NSQ, NBLK_R, BPS_R, NS, HKV, CAP, RES, GQ,
         kc_sb, kc_sh, ks_sb, ks_sh, vc_sb, vc_sh, vs_sb, vs_sh, kr_sb, kr_sh, vr_sb, vr_sh,
         HG: tl.constexpr, HGP: tl.constexpr, D: tl.constexpr, R: tl.constexpr, SK: tl.constexpr,
         BT: tl.constexpr, NPH: tl.constexpr, KBITS: tl.constexpr, KELEM: tl.constexpr, KSCALE: tl.constexpr,
         NSV: tl.constexpr,
         SV: tl.constexpr, VBITS: tl.constexpr, VELEM: tl.constexpr, VSCALE: tl.constexpr, RB: tl.constexpr,
         BTR: tl.constexpr, XSCALE_K: tl.constexpr, XOFF_K: tl.constexpr, XSCALE_V: tl.constexpr,
-        XOFF_V: tl.constexpr, SUBNORMAL: tl.constexpr, INTERPRET: tl.constexpr):
+        XOFF_V: tl.constexpr, SUBNORMAL: tl.constexpr, DEVLEN: tl.constexpr, INTERPRET: tl.constexpr):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b64 = (pid_bh // HKV).to(tl.int64)  # each buffer's (b, h) row starts at b * stride_b + h * stride_h
     h64 = (pid_bh % HKV).to(tl.int64)
     d = tl.arange(0, D)
     ws_row = (pid_bh * NS + split) * HGP
+    if DEVLEN:  # graph mode: the grid covers the capacity; the live lengths come from the cache's counter
+        t_all = tl.load(len_ptr + pid_bh)
+        t_all = tl.where(t_all > CAP, 0, t_all)  # an overflowed cache: no tokens, a NaN output
+        over = t_all - RES
+        tq = tl.where(over >= GQ, (over // GQ) * GQ, 0)
+        tr = t_all - tq
+        nck = tq // SK
+        nblk = (tq + BT - 1) // BT
+        nblk_r = (tr + BTR - 1) // BTR
+    else:
+        tq = TQ
+        tr = TR
+        nck = NCK
+        nblk = NBLK
+        nblk_r = NBLK_R
     if split < NSQ:
         # ---- quantized tokens: rows r = (chunk r // HGP of the block, query head r % HGP) ----------
         rows = tl.arange(0, R)
@@ -256,18 +271,18 @@ def _kv_decode_kernel(
         l_i = tl.zeros([R], tl.float32)
         acc = tl.zeros([NSV, R, SV], tl.float32)
         blk = split * BPS
-        blk_hi = tl.minimum(blk + BPS, NBLK)
+        blk_hi = tl.minimum(blk + BPS, nblk)
         if INTERPRET:
             while blk < blk_hi:
                 m_i, l_i, acc = _quant_block(
-                    blk, qn, fk, kc_base, ks_base, vc_base, vs_base, m_i, l_i, acc, c_r, row_ok, d, TQ, NCK, R, D, SK,
+                    blk, qn, fk, kc_base, ks_base, vc_base, vs_base, m_i, l_i, acc, c_r, row_ok, d, tq, nck, R, D, SK,
                     BT, NPH, KBITS, KELEM, KSCALE, NSV, SV, VBITS, VELEM, VSCALE, XOFF_K, XOFF_V, SUBNORMAL,
                     INTERPRET)
                 blk += 1
         else:
             for bq in range(blk, blk_hi):
                 m_i, l_i, acc = _quant_block(
-                    bq, qn, fk, kc_base, ks_base, vc_base, vs_base, m_i, l_i, acc, c_r, row_ok, d, TQ, NCK, R, D, SK,
+                    bq, qn, fk, kc_base, ks_base, vc_base, vs_base, m_i, l_i, acc, c_r, row_ok, d, tq, nck, R, D, SK,
                     BT, NPH, KBITS, KELEM, KSCALE, NSV, SV, VBITS, VELEM, VSCALE, XOFF_K, XOFF_V, SUBNORMAL,
                     INTERPRET)
         acc = acc * XSCALE_V
@@ -295,15 +310,15 @@ def _kv_decode_kernel(
         l_b = tl.zeros([RB], tl.float32)
         acc_b = tl.zeros([RB, D], tl.float32)
         blk_b = (split - NSQ) * BPS_R
-        hi_b = tl.minimum(blk_b + BPS_R, NBLK_R)
+        hi_b = tl.minimum(blk_b + BPS_R, nblk_r)
         if INTERPRET:
             while blk_b < hi_b:
-                m_b, l_b, acc_b = _bf16_block(blk_b, qb, kr_base, vr_base, m_b, l_b, acc_b, ok_b, d, TR, D, BTR,
+                m_b, l_b, acc_b = _bf16_block(blk_b, qb, kr_base, vr_base, m_b, l_b, acc_b, ok_b, d, tr, D, BTR,
                                                INTERPRET)
                 blk_b += 1
         else:
             for bb in range(blk_b, hi_b):
-                m_b, l_b, acc_b = _bf16_block(bb, qb, kr_base, vr_base, m_b, l_b, acc_b, ok_b, d, TR, D, BTR,
+                m_b, l_b, acc_b = _bf16_block(bb, qb, kr_base, vr_base, m_b, l_b, acc_b, ok_b, d, tr, D, BTR,
                                                INTERPRET)
         tl.store(wo_ptr + (ws_row + rows_b)[:, None] * D + d[None, :], acc_b, mask=ok_b[:, None])
         tl.store(wm_ptr + ws_row + rows_b, m_b, mask=ok_b)
@@ -456,6 +471,24 @@ def kv_decode_attention(q: torch.Tensor, packed: PackedKV, scale: float, config:
                         poison: bool = False) -> torch.Tensor:
     """out [B, Hq, D] bf16 for q [B, Hq, D] (bf16, contiguous) over `packed` (checked by the caller).
     `poison` fills the output and the split workspace with NaN first (tests: all must be written)."""
+    return _launch(q, packed, scale, config, poison)
+
+
+def kv_decode_attention_static(q: torch.Tensor, cache, scale: float, config: dict | None = None,
+                               poison: bool = False) -> torch.Tensor:
+    """The same attention over a graph-mode `PackedKVCache` (kv_cache.py, static=True; checked by the caller):
+    tiles, splits and grid planned once for the cache's capacity (`capacity_view()`), so every call launches the
+    same grid with the same arguments (CUDA-graph capturable); each program reads the token count from the
+    cache's device counter, derives Tq and Tr from it and runs only the blocks below them (a split past the live
+    tokens writes an empty partial: running max -1e30, sum 0, which the reduction weighs by 0)."""
+    layout = cache.capacity_view()
+    dense = cache.dense
+    return _launch(q, layout, scale, config, poison, lengths=cache.lengths, cap=cache.capacity,
+                   res=cache.residual, gq=cache.capacity + 1 if dense else cache.group)
+
+
+def _launch(q: torch.Tensor, packed: PackedKV, scale: float, config: dict | None, poison: bool,
+            lengths: torch.Tensor | None = None, cap: int = 0, res: int = 0, gq: int = 1) -> torch.Tensor:
     b, hq, d = q.shape
     p = plan(tuple(q.shape), packed, config, q.device)
     hkv, hg, hgp, ns = packed.kv_heads, p["HG"], p["HGP"], p["NS"]
@@ -478,10 +511,11 @@ def kv_decode_attention(q: torch.Tensor, packed: PackedKV, scale: float, config:
     strides = [s for t in (packed.k_codes, packed.k_scales, packed.v_codes, packed.v_scales, packed.k_rest,
                            packed.v_rest) for s in _bh_strides(t)]
     _kv_decode_kernel[(b * hkv, ns)](
-        q, kc, ks, vc, vs, kr, vr, wo, wm, wl,
+        q, kc, ks, vc, vs, kr, vr, wo, wm, wl, words if lengths is None else lengths,
         float(scale * LOG2E), packed.quantized, packed.rest, packed.quantized // p["SK"], p["NBLK"], p["BPS"],
-        p["NSQ"], p["NBLK_R"], p["BPS_R"], ns, hkv, *strides, **{k: p[k] for k in KERNEL_KEYS}, INTERPRET=interpret,
-        num_warps=p["num_warps"], num_stages=p["num_stages"], **({"maxnreg": p["maxnreg"]} if p["maxnreg"] else {}))
+        p["NSQ"], p["NBLK_R"], p["BPS_R"], ns, hkv, cap, res, gq, *strides, **{k: p[k] for k in KERNEL_KEYS},
+        DEVLEN=lengths is not None, INTERPRET=interpret, num_warps=p["num_warps"], num_stages=p["num_stages"],
+        **({"maxnreg": p["maxnreg"]} if p["maxnreg"] else {}))
     _kv_reduce_kernel[(b * hq,)](wo, wm, wl, out, ns, HG=hg, HGP=hgp, D=d, NSP=max(2, _next_pow2(ns)),
                                  INTERPRET=interpret, num_warps=4 if d >= 128 else 2)
     return out

@@ -13,6 +13,12 @@ takes one chunk of G tokens of one (batch, head) row, [G, D] elements:
 - codes to offset binary, shifted into their place in the 32-bit words (token n of a half at bits
   n*bits, channel 2c+1 in the high half) and or-ed together (a sum of disjoint bit fields), stored.
 
+`_kv_static_append_kernel` is the one-token append of a graph-mode `PackedKVCache` (kv_cache.py, static=True):
+one launch per layer per decode step that writes the token into the bf16 window at the position its device-side
+counter gives and, only on the step that fills the window, packs the oldest chunk (the same `_pack_chunk`, so
+the same bytes) and moves the residual tokens to the window's front. Every program reads the counter and does
+nothing more than the token write otherwise: a fixed launch, no host sync, capturable in a CUDA graph.
+
 Import this module only where triton is installed.
 """
 
@@ -22,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nmx.kernels.triton_fakequant import _IEEE, ABS_MASK, INF_BITS, int_sym_codes
+from nmx.kernels.triton_fakequant import _IEEE, ABS_MASK, INF_BITS, _load_f32, _store, int_sym_codes
 
 
 @triton.jit
@@ -37,14 +43,14 @@ def _pack_words(codes, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _kv_int_pack_kernel(x_ptr, codes_ptr, scales_ptr, T, CHUNKS,
-                        KEYS: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr, G: tl.constexpr,
-                        D: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    t = chunk * G + tl.arange(0, G)
+def _pack_chunk(x_base, codes_base, scales_base, KEYS: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr,
+                G: tl.constexpr, D: tl.constexpr):
+    """Quantize the G tokens x_base[i * D + c] (bf16 bits as int16, token-major) into one chunk slot: its words at
+    codes_base[w * D/2 + c] (w < G * BITS / 16), its fp16 scales at scales_base[c] (keys: one per channel) or
+    scales_base[i * D/G + j] (values: one per token and group of G channels)."""
+    t = tl.arange(0, G)
     d = tl.arange(0, D)
-    bits16 = tl.load(x_ptr + bh * T * D + t[:, None] * D + d[None, :])  # bf16 read as int16 bits
+    bits16 = tl.load(x_base + t[:, None] * D + d[None, :])  # bf16 read as int16 bits
     x = (bits16.to(tl.int32) << 16).to(tl.float32, bitcast=True)  # exact, subnormals kept
     if KEYS:  # one scale per channel: the transposed tile's rows
         xr = tl.trans(x)  # [D, G]
@@ -54,16 +60,131 @@ def _kv_int_pack_kernel(x_ptr, codes_ptr, scales_ptr, T, CHUNKS,
     codes, scale = int_sym_codes(xr, amax_bits, amax_bits >= INF_BITS, QMAX)
     if KEYS:
         codes = tl.trans(codes)
-        tl.store(scales_ptr + (bh * CHUNKS + chunk) * D + d, tl.reshape(scale, (D,)).to(tl.float16))
+        tl.store(scales_base + d, tl.reshape(scale, (D,)).to(tl.float16))
     else:
         codes = tl.reshape(codes, (G, D))
-        s_offs = (bh * CHUNKS * G + t[:, None]) * (D // G) + tl.arange(0, D // G)[None, :]
-        tl.store(scales_ptr + s_offs, tl.reshape(scale, (G, D // G)).to(tl.float16))
+        tl.store(scales_base + t[:, None] * (D // G) + tl.arange(0, D // G)[None, :],
+                 tl.reshape(scale, (G, D // G)).to(tl.float16))
     NPH: tl.constexpr = 16 // BITS
     words = _pack_words(codes, G, D, BITS)
-    w_rows = chunk * (G // NPH) + tl.arange(0, G // NPH)
-    tl.store(codes_ptr + (bh * CHUNKS * (G // NPH) + w_rows[:, None]) * (D // 2) + tl.arange(0, D // 2)[None, :],
-             words)
+    tl.store(codes_base + tl.arange(0, G // NPH)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
+
+
+@triton.jit
+def _kv_int_pack_kernel(x_ptr, codes_ptr, scales_ptr, T, CHUNKS,
+                        KEYS: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr, G: tl.constexpr,
+                        D: tl.constexpr):
+    """Program (bh, c): tokens c*G .. c*G + G - 1 of row bh of x [B*H, T, D] -> chunk c of row bh of outputs laid
+    out for CHUNKS chunks per row."""
+    bh = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    NPH: tl.constexpr = 16 // BITS
+    if KEYS:
+        scales_base = scales_ptr + (bh * CHUNKS + chunk) * D
+    else:
+        scales_base = scales_ptr + (bh * CHUNKS * G + chunk * G) * (D // G)
+    _pack_chunk(x_ptr + (bh * T + chunk * G) * D,
+                codes_ptr + (bh * CHUNKS * (G // NPH) + chunk * (G // NPH)) * (D // 2), scales_base,
+                KEYS, BITS, QMAX, G, D)
+
+
+@triton.jit
+def _kv_static_append_kernel(k_ptr, v_ptr, win_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, len_ptr, k_sb, k_sh, v_sb, v_sh,
+                             H, BH, CAP, CHUNKS, IN_KIND: tl.constexpr, W: tl.constexpr, RES: tl.constexpr,
+                             G: tl.constexpr, D: tl.constexpr, DENSE: tl.constexpr, KBITS: tl.constexpr,
+                             VBITS: tl.constexpr, NSHIFT: tl.constexpr):
+    """One-token append of a graph-mode `PackedKVCache` (kv_cache.py): program (bh, kv) owns window row (kv, bh)
+    and its own token counter len_ptr[kv * BH + bh] (all counters hold the same T; no program reads another's,
+    so nothing races across programs). With T the tokens so far, Tq = G * floor((T - RES) / G) (0 below G) and
+    Tr = T - Tq:
+      1. write the new token (rounded to bf16, nearest even) at window slot Tr;
+      2. only when that fills the window (Tr + 1 == RES + G): quantize its first G tokens into chunk slot Tq / G
+         (`_pack_chunk`, the bytes of pack_kv), then move tokens G .. G + RES - 1 to 0 .. RES - 1 (pieces of G
+         tokens, a barrier between each piece's load and its store: no piece overwrites what a later one reads);
+      3. T + 1 into the counter (after a barrier: every warp has read T).
+    A full cache (T == CAP) writes nothing and sets the counter to CAP + 1, which the decode kernel turns into NaN
+    (a captured step cannot raise)."""
+    bh = tl.program_id(0)
+    kv = tl.program_id(1)
+    slot = kv * BH + bh
+    T = tl.load(len_ptr + slot)
+    if T >= CAP:
+        tl.debug_barrier()
+        tl.store(len_ptr + slot, CAP + 1)
+    else:
+        if DENSE:
+            tq = T * 0
+        else:
+            over = T - RES
+            tq = tl.where(over >= G, (over // G) * G, 0)
+        tr = T - tq
+        b = (bh // H).to(tl.int64)
+        h = (bh % H).to(tl.int64)
+        d = tl.arange(0, D)
+        if kv == 0:
+            x = _load_f32(k_ptr + b * k_sb + h * k_sh, d, None, IN_KIND, False)
+        else:
+            x = _load_f32(v_ptr + b * v_sb + h * v_sh, d, None, IN_KIND, False)
+        row = win_ptr + slot.to(tl.int64) * (W * D)
+        _store(row + tr * D, d, x, None, 1, False)  # bf16 bits, round to nearest even (as torch's copy_)
+        if not DENSE:
+            if tr + 1 == RES + G:
+                tl.debug_barrier()  # the token written above is read below by other threads
+                chunk = (tq // G).to(tl.int64)
+                bh64 = bh.to(tl.int64)
+                if kv == 0:
+                    KNPH: tl.constexpr = 16 // KBITS
+                    _pack_chunk(row, kc_ptr + (bh64 * CHUNKS + chunk) * (G // KNPH) * (D // 2),
+                                ks_ptr + (bh64 * CHUNKS + chunk) * D, True, KBITS, (1 << (KBITS - 1)) - 1, G, D)
+                else:
+                    VNPH: tl.constexpr = 16 // VBITS
+                    _pack_chunk(row, vc_ptr + (bh64 * CHUNKS + chunk) * (G // VNPH) * (D // 2),
+                                vs_ptr + (bh64 * CHUNKS + chunk) * G * (D // G), False, VBITS,
+                                (1 << (VBITS - 1)) - 1, G, D)
+                tl.debug_barrier()  # the chunk is read before the shift overwrites it
+                for p in tl.static_range(NSHIFT):
+                    i = p * G + tl.arange(0, G)
+                    keep = (i < RES)[:, None]
+                    y = tl.load(row + (i + G)[:, None] * D + d[None, :], mask=keep, other=0)
+                    tl.debug_barrier()
+                    tl.store(row + i[:, None] * D + d[None, :], y, mask=keep)
+        tl.debug_barrier()  # every thread has read T
+        tl.store(len_ptr + slot, T + 1)
+
+
+IN_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def append_token(cache, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Launch `_kv_static_append_kernel` for one token k, v [B, H, 1, D] (checked by the caller) of a graph-mode
+    `PackedKVCache`: one launch, no host sync, nothing that depends on the data (CUDA-graph capturable)."""
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    if v.dtype != k.dtype:
+        v = v.to(k.dtype)
+    in_kind = IN_KINDS[k.dtype]
+    if k.dtype == torch.bfloat16:
+        k, v = k.view(torch.int16), v.view(torch.int16)
+    b, h, d = cache.batch, cache.kv_heads, cache.head_dim
+    dense = cache.dense
+    g = 16 if dense else cache.group  # placeholders where dense: never read
+    win = cache.window
+    w = win.shape[3]
+    kc = cache.lengths if dense else cache.k_codes
+    vc = cache.lengths if dense else cache.v_codes
+    ks = cache.lengths if dense or cache.k_scales is None else cache.k_scales
+    vs = cache.lengths if dense or cache.v_scales is None else cache.v_scales
+    kbits = 16 if dense else cache.key_kind[1]
+    vbits = 16 if dense else cache.value_kind[1]
+    tile = g * d
+    _kv_static_append_kernel[(b * h, 2)](
+        k, v, win.view(torch.int16), kc, ks, vc, vs, cache.lengths, k.stride(0), k.stride(1), v.stride(0),
+        v.stride(1), h, b * h, cache.capacity, max(1, cache.quantized_capacity // g) if not dense else 1,
+        IN_KIND=in_kind, W=w, RES=cache.residual, G=g, D=d,
+        DENSE=dense, KBITS=kbits if kbits < 16 else 4, VBITS=vbits if vbits < 16 else 4,
+        NSHIFT=0 if dense else -(-cache.residual // g), num_warps=4 if tile <= 8192 else 8, **_IEEE)
 
 
 def pack_int_codes(x16: torch.Tensor, tq: int, group: int, bits: int, keys: bool
