@@ -122,3 +122,19 @@ def test_fake_quant_kernels_compile(compiled, fmt):
 
     fake_quant_triton(torch.randn(64, 256).to(torch.bfloat16), kernel_spec(fmt), torch.bfloat16)
     assert len(compiled) >= 1
+
+
+@pytest.mark.parametrize("kf", ["int4", "int2", "mxfp4", "fp8_e4m3"])
+@pytest.mark.parametrize("tokens,residual", [(1, 16), (17, 16), (32, 0)])
+def test_kv_kernel_compiles_with_an_empty_part(compiled, kf, tokens, residual):
+    """Nothing quantized yet (tokens < residual + group) or nothing in the bf16 window (residual 0): the empty
+    buffer's stand-in must keep the buffer's dtype, or the kernel does not compile for sm_90 (found on an H100:
+    an fp32 stand-in for fp16 key scales made q' fp32 against fp16 tensor-core operands)."""
+    from nmx.kernels.kv_layout import pack_kv
+    from nmx.kernels.triton_kv_attention import kv_decode_attention
+
+    k, v = torch.randn(2, 2, tokens, 64), torch.randn(2, 2, tokens, 64)
+    p = pack_kv(k, v, kf, kf, group=16 if kf.startswith("int") else 32, residual=residual)
+    assert p.quantized == 0 or p.rest == 0
+    kv_decode_attention(torch.randn(2, 4, 64).to(torch.bfloat16), p, 0.125, {"num_splits": 1})
+    assert len(compiled) == 2

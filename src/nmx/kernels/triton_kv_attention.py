@@ -459,6 +459,12 @@ def _arg(t: torch.Tensor | None, dtype: torch.dtype | None, dummy: torch.Tensor)
     return t.view(dtype) if dtype is not None else t
 
 
+def _stand_in(scale_kind: str | None, device: torch.device) -> torch.Tensor:
+    """A one-element tensor of the dtype a scale buffer of this kind has (kv_layout's module docstring)."""
+    dtype = {"fp16": torch.float16, "e8m0": torch.uint8}.get(scale_kind, torch.float16)
+    return torch.zeros(1, device=device, dtype=dtype)
+
+
 def _bh_strides(t: torch.Tensor | None) -> tuple[int, int]:
     """(batch, head) strides in elements of a [B, H, rows, cols] buffer (dense rows, kv_layout.rows_are_dense);
     (0, 0) for an absent or empty one, which the kernel never reads."""
@@ -499,14 +505,16 @@ def _launch(q: torch.Tensor, packed: PackedKV, scale: float, config: dict | None
     if poison:
         for t in (out, wo, wm, wl):
             t.fill_(float("nan"))
-    dummy = wm
+    # an absent or empty buffer is never read, but its stand-in must have the buffer's dtype: the kernel is
+    # specialized on pointer types (an fp32 stand-in for fp16 scales made q' fp32 and failed to compile)
     words = torch.zeros(1, device=q.device, dtype=torch.int32)  # a bf16 cache has no codes: still int32 words
     kc = _arg(packed.k_codes, torch.int32, words)  # rows of 32-bit words
     vc = _arg(packed.v_codes, torch.int32, words)
-    ks = _arg(packed.k_scales, None, dummy)
-    vs = _arg(packed.v_scales, None, dummy)
-    kr = _arg(packed.k_rest, None, dummy)
-    vr = _arg(packed.v_rest, None, dummy)
+    ks = _arg(packed.k_scales, None, _stand_in(packed.key_kind[2], q.device))
+    vs = _arg(packed.v_scales, None, _stand_in(packed.value_kind[2], q.device))
+    rest = torch.zeros(1, device=q.device, dtype=torch.bfloat16)
+    kr = _arg(packed.k_rest, None, rest)
+    vr = _arg(packed.v_rest, None, rest)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     strides = [s for t in (packed.k_codes, packed.k_scales, packed.v_codes, packed.v_scales, packed.k_rest,
                            packed.v_rest) for s in _bh_strides(t)]
