@@ -47,6 +47,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from nmx.errors import InputError
 from nmx.kernels.kv_cache import PackedKVCache
 from nmx.kernels.kv_layout import dequantize_kv
+from nmx.kv.cache import OneSequencePerRow
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-class PackedKVLayer(CacheLayerMixin):
+class PackedKVLayer(OneSequencePerRow, CacheLayerMixin):
     """One decoder layer's cache: a `PackedKVCache` behind transformers' layer API."""
+
+    cache_name = "the packed KV cache"
 
     is_compileable = False
     is_croppable = False
@@ -140,27 +143,6 @@ class PackedKVLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.store.reset()
         self.is_initialized = False
-
-    def _unsupported(self, what: str) -> None:
-        raise InputError(f"{what} is not supported by the packed KV cache; decode one sequence per row")
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._unsupported("beam search (reorder_cache)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._unsupported("repeating batch rows (num_return_sequences > 1)")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._unsupported("selecting batch rows")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        self._unsupported("crop (assisted decoding)")
-
-    def offload(self) -> None:
-        self._unsupported("offloading")
-
-    def prefetch(self) -> None:
-        self._unsupported("offloading")
 
 
 class PackedModelCache(Cache):

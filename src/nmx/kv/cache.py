@@ -168,7 +168,37 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(2, idx[..., None].expand(*idx.shape, x.shape[-1]))
 
 
-class KVLayer(CacheLayerMixin):
+class OneSequencePerRow:
+    """The cache operations of transformers that move or copy batch rows or offload layers, refused with one
+    line: nmx's caches (here and nmx.kernels.kv_hf) keep per-row state that those operations would not carry."""
+
+    #: the cache's name in the refusal
+    cache_name = "nmx.kv caches"
+
+    def _unsupported(self, what: str) -> None:
+        raise InputError(f"{what} is not supported by {self.cache_name}; decode one sequence per row (greedy or "
+                         "sampling)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._unsupported("beam search (reorder_cache)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._unsupported("repeating batch rows (num_return_sequences > 1)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._unsupported("selecting batch rows")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._unsupported("crop (assisted decoding)")
+
+    def offload(self) -> None:
+        self._unsupported("offloading")
+
+    def prefetch(self) -> None:
+        self._unsupported("offloading")
+
+
+class KVLayer(OneSequencePerRow, CacheLayerMixin):
     """The cache of one decoder layer (see the module doc)."""
 
     is_compileable = False
@@ -325,26 +355,6 @@ class KVLayer(CacheLayerMixin):
         self.seen = self.kept = 0
         self._view = None
 
-    def _unsupported(self, what: str) -> None:
-        raise InputError(f"{what} is not supported by nmx.kv caches; use greedy or sampling with one sequence per row")
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._unsupported("beam search (reorder_cache)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._unsupported("repeating batch rows (num_return_sequences > 1)")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._unsupported("selecting batch rows")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        self._unsupported("crop (assisted decoding)")
-
-    def offload(self) -> None:
-        self._unsupported("offloading")
-
-    def prefetch(self) -> None:
-        self._unsupported("offloading")
 
     # ---- quantization: sinks and flushes ----------------------------------------------------
 
