@@ -251,7 +251,14 @@ def test_relufication_replaces_silu_and_says_so(tmp_path, tiny_model_dir, text_f
     ({"sparsity": {"ffn": 0.5}}, "unknown tensor type 'ffn'"),
     ({"sparsity": 0.5, "targets": ["attn"]}, "unknown tensor type 'attn'"),
     ({"method": "cats"}, "unknown activation sparsity method 'cats'"),
-    ({"options": {"allocation": "best"}}, "allocation must be uniform or greedy"),
+    ({"options": {"allocation": "best"}}, "allocation must be uniform, greedy or block_greedy"),
+    ({"options": {"allocation": "block_greedy", "block_windows": 0}}, "block_windows must be a positive integer"),
+    ({"options": {"allocation": "block_greedy", "step": 0.0}}, "step must be in (0, 0.5]"),
+    ({"options": {"allocation": "block_greedy", "steps": 0.1}}, "unknown option(s) ['steps']"),
+    ({"sparsity": {"qkv": 0.4, "down": 0.5}, "options": {"allocation": "block_greedy"}},
+     "block_greedy spreads one model-wide target"),
+    ({"sparsity": 0.4, "targets": ["*lm_head"], "options": {"allocation": "block_greedy"}},
+     "block_greedy allocates within decoder blocks"),
     ({"batches": [1, 64], "union_tokens": 32}, "union_tokens"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, text_file, capsys, monkeypatch, section, message):
@@ -274,3 +281,105 @@ def test_greedy_allocation_meets_the_model_wide_target():
     largest_group = max(3 * 64 * 64, 2 * 128 * 64)
     assert 0.4 - 1e-9 <= mean <= 0.4 + 0.05 * largest_group / sum(w.values())
     assert len({r["target"] for r in layers.values()}) > 1
+
+
+def _block_greedy(step: float = 0.2, target: float = 0.4):
+    model = tiny_llama()
+    section = ActivationSparsity(sparsity=target, options={"allocation": "block_greedy", "step": step})
+    plan = resolve_targets(model, section)
+    trace: list = []
+    wins = _windows(2, 64)  # 128 token rows per input: the reservoir (tokens=128) keeps them all
+    layers = calibrate(model, wins, plan, get_method("teal", section.options), tokens=128, trace=trace)
+    return model, wins, layers, trace
+
+
+def test_block_greedy_meets_the_target_in_every_block():
+    """Oracle: per decoder block, the weight-weighted mean of the allocated sparsities (weights counted from
+    the modules) lies in [target, target + one block increment), the increment being step * W_min / W_block
+    with W_min the smallest input group (o_proj: 64 x 64); every block's allocation differs from uniform."""
+    step, target = 0.2, 0.4
+    model, _, layers, trace = _block_greedy(step, target)
+    modules = dict(model.named_modules())
+    for i in range(2):
+        names = [n for n in layers if n.startswith(f"model.layers.{i}.")]
+        assert len(names) == 7
+        w = {n: modules[n].weight.numel() for n in names}
+        mean = sum(layers[n]["target"] * w[n] for n in names) / sum(w.values())
+        inc = step * 64 * 64 / sum(w.values())
+        assert target - 1e-9 <= mean < target + inc, (i, mean)
+        assert len({layers[n]["target"] for n in names}) > 1
+        # one shared input, one threshold
+        assert len({layers[n]["threshold"] for n in names if ".self_attn." in n and "o_proj" not in n}) == 1
+        ffn = f"model.layers.{i}.mlp"
+        assert layers[f"{ffn}.gate_proj"]["threshold"] == layers[f"{ffn}.up_proj"]["threshold"]
+    assert {t["block"] for t in trace} == {"model.layers.0", "model.layers.1"}
+
+
+def test_block_greedy_takes_the_cheapest_candidate_at_each_step():
+    """Oracle, recomputed from scratch for the first two steps of each block: the candidate sparsities
+    (current + step * W_min / W_g), thresholds as quantiles of all the calibration inputs of each linear
+    (collected here by hooks), the whole model run on the first calibration window with only that block's
+    linears thresholded, and the block's output (a forward hook) compared to the dense model's:
+    ||Y - Y_dense|| / ||Y_dense||. The chosen group has the smallest recomputed error."""
+    step = 0.2
+    model, wins, layers, trace = _block_greedy(step)
+    modules = dict(model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    hooks = [modules[n].register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+             for n in layers]
+    with torch.no_grad():
+        for w in wins:
+            model(w[None])
+    for h in hooks:
+        h.remove()
+    inputs = {n: torch.cat(v).reshape(-1, modules[n].in_features).abs() for n, v in seen.items()}
+
+    def block_out(block: str, thresholds: dict[str, float]) -> torch.Tensor:
+        out: list = []
+        hs = [modules[block].register_forward_hook(lambda _m, _a, o: out.append(o[0] if isinstance(o, tuple) else o))]
+        hs += [modules[n].register_forward_pre_hook(lambda _m, a, t=t: (torch.where(a[0].abs() > t, a[0], 0.0),))
+               for n, t in thresholds.items() if t is not None]
+        with torch.no_grad():
+            model(wins[0][None])
+        for h in hs:
+            h.remove()
+        return out[0].double()
+
+    def members(group: str) -> list[str]:
+        block, ttype = group.split(":")[:2]
+        rel = {"qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "o": ["self_attn.o_proj"],
+               "up": ["mlp.gate_proj", "mlp.up_proj"], "down": ["mlp.down_proj"]}[ttype]
+        return [f"{block}.{r}" for r in rel]
+
+    checked = 0
+    for block in ("model.layers.0", "model.layers.1"):
+        steps = [t for t in trace if t["block"] == block][:2]
+        groups = list(steps[0]["before"])
+        w = {g: sum(modules[m].weight.numel() for m in members(g)) for g in groups}
+        dense = block_out(block, {})
+        for t in steps:
+            errors = {}
+            for g in groups:
+                s = dict(t["before"])
+                s[g] += step * min(w.values()) / w[g]
+                thr = {m: (magnitude_threshold(inputs[m], s[k]) if s[k] > 0 else None)
+                       for k in groups for m in members(k)}
+                y = block_out(block, thr)
+                errors[g] = float((y - dense).norm() / dense.norm())
+            assert errors == pytest.approx(t["candidates"], rel=1e-4, abs=1e-7), (block, errors, t["candidates"])
+            assert t["chosen"] == min(errors, key=errors.get)
+            checked += 1
+    assert checked == 4
+
+
+def test_block_greedy_in_the_library_needs_one_target_and_the_blocks():
+    """The library path (no recipe validation): mixed targets, or no blocks to run, are one InputError."""
+    from nmx.sparsity.activation import GroupSample
+
+    method = get_method("teal", {"allocation": "block_greedy"})
+    g = {k: GroupSample(torch.ones(4, 8), (k,), 32, torch.ones(8), s) for k, s in (("a", 0.4), ("b", 0.5))}
+    with pytest.raises(InputError, match="one model-wide target"):
+        method.allocate(g, lambda b, s: 0.0, {"blk": ["a", "b"]})
+    g["b"] = GroupSample(torch.ones(4, 8), ("b",), 32, torch.ones(8), 0.4)
+    with pytest.raises(InputError, match="needs the decoder blocks"):
+        method.allocate(g)

@@ -3,6 +3,7 @@
     activation_sparsity: {method: teal, sparsity: 0.5}                        # every qkv / o / up / down input
     activation_sparsity: {method: teal, sparsity: {qkv: 0.4, o: 0.5, up: 0.5, down: 0.5}}   # per tensor type
     activation_sparsity: {method: teal, sparsity: 0.4, options: {allocation: greedy}}     # one model-wide target
+    activation_sparsity: {method: teal, sparsity: 0.4, options: {allocation: block_greedy}}   # TEAL's per-block greedy
     activation_sparsity: {method: teal, sparsity: 0.0, targets: [down], relufication: true}
 
 TEAL (Liu et al., "Training-Free Activation Sparsity in Large Language Models", 2024) zeroes the entries of a
@@ -18,7 +19,14 @@ the zero entries. Here:
   TEAL-like: in steps of `step`, raise the input whose relative output error grows least per weight it
   frees, until the weight-weighted mean reaches the target. The error is a diagonal proxy,
   sum_zeroed x_i^2 |W[:, i]|^2 / sum_all x_i^2 |W[:, i]|^2 over the calibration sample (TEAL's greedy
-  measures whole-block outputs instead).
+  measures whole-block outputs instead). With `allocation: block_greedy` (TEAL's block-wise greedy) every
+  decoder block gets the one target as the weight-weighted mean of its inputs' sparsities: starting from 0,
+  each step raises the one input group (q/k/v; o; gate/up; down -- the linears reading one tensor) whose
+  raise gives the smallest block output error, ||Y - Y_dense|| / ||Y_dense|| with the block run on its dense
+  inputs of the first `block_windows` calibration windows and the candidate thresholds on its linears. A
+  raise of group g is `step * W_min / W_g` (W: the group's weights, W_min: the block's smallest group), so
+  every candidate raises the block's mean by the same `step * W_min / W_block` (TEAL's step sizes scaled by
+  1 / weight), and the mean ends within one such increment above the target.
 - the thresholding is a forward pre-hook on each targeted linear (registered before any activation
   fake-quant hook, so quantization sees the sparse input). The hook also counts the zeros it passes on
   (thresholded and natural) and keeps a seeded reservoir of `union_tokens` token masks (which input channels
@@ -129,27 +137,45 @@ class GroupSample:
 
 @dataclass(frozen=True)
 class Teal:
-    """Magnitude thresholds (TEAL). `allocation`: uniform (each input its target) or greedy (one model-wide
-    target spread over the inputs, see the module doc); `step`: the greedy's sparsity increment."""
+    """Magnitude thresholds (TEAL). `allocation`: uniform (each input its target), greedy (one model-wide
+    target spread over the inputs by a per-input proxy) or block_greedy (TEAL's block-wise greedy on the
+    block output error), see the module doc; `step`: the greedies' sparsity increment (block_greedy: of the
+    block's smallest input group); `block_windows`: calibration windows block_greedy runs each block on."""
 
     name: ClassVar[str] = "teal"
-    allocation: Literal["uniform", "greedy"] = "uniform"
+    allocation: Literal["uniform", "greedy", "block_greedy"] = "uniform"
     step: float = 0.05
+    block_windows: int = 1
 
     def __post_init__(self) -> None:
-        if self.allocation not in ("uniform", "greedy"):
-            raise InputError(f"teal: allocation must be uniform or greedy, got {self.allocation!r}")
+        if self.allocation not in ("uniform", "greedy", "block_greedy"):
+            raise InputError(f"teal: allocation must be uniform, greedy or block_greedy, got {self.allocation!r}")
         if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) or not 0 < self.step <= 0.5:
             raise InputError(f"teal: step must be in (0, 0.5], got {self.step!r}")
+        if isinstance(self.block_windows, bool) or not isinstance(self.block_windows, int) or self.block_windows < 1:
+            raise InputError(f"teal: block_windows must be a positive integer, got {self.block_windows!r}")
 
-    def allocate(self, groups: dict[str, GroupSample]) -> dict[str, float]:
-        """Group -> sparsity to calibrate its threshold to."""
-        if self.allocation == "uniform":
-            return {k: g.target for k, g in groups.items()}
+    def model_wide_target(self, groups: dict[str, GroupSample]) -> float:
         targets = {g.target for g in groups.values()}
         if len(targets) != 1:
-            raise InputError("teal: allocation greedy spreads one model-wide target; give sparsity as one number")
-        return greedy_allocation(groups, targets.pop(), self.step)
+            raise InputError(f"teal: allocation {self.allocation} spreads one model-wide target; "
+                             "give sparsity as one number")
+        return targets.pop()
+
+    def allocate(self, groups: dict[str, GroupSample],
+                 block_error: Optional[Callable[[str, dict[str, float]], float]] = None,
+                 blocks: Optional[dict[str, list[str]]] = None,
+                 trace: Optional[list[dict[str, Any]]] = None) -> dict[str, float]:
+        """Group -> sparsity to calibrate its threshold to. block_greedy needs `blocks` (block -> its group
+        keys) and `block_error(block, {group: sparsity})` (see `block_greedy_allocation`)."""
+        if self.allocation == "uniform":
+            return {k: g.target for k, g in groups.items()}
+        target = self.model_wide_target(groups)
+        if self.allocation == "greedy":
+            return greedy_allocation(groups, target, self.step)
+        if block_error is None or blocks is None:
+            raise InputError("teal: allocation block_greedy needs the decoder blocks to run (calibrate provides them)")
+        return block_greedy_allocation(groups, blocks, block_error, target, self.step, trace)
 
 
 METHODS: dict[str, type] = {Teal.name: Teal}
@@ -195,6 +221,37 @@ def greedy_allocation(groups: dict[str, GroupSample], target: float, step: float
         at[best] += 1
         reached += groups[best].weights * step
     return {k: float(levels[i]) for k, i in at.items()}
+
+
+def block_greedy_allocation(groups: dict[str, GroupSample], blocks: dict[str, list[str]],
+                            block_error: Callable[[str, dict[str, float]], float], target: float, step: float,
+                            trace: Optional[list[dict[str, Any]]] = None) -> dict[str, float]:
+    """TEAL's block-wise greedy. For each block (block -> its group keys), from sparsity 0 everywhere: while
+    the weight-weighted mean sparsity of its groups is below `target`, try raising each group g by
+    step * W_min / W_g (W: the groups' weights; candidates that would reach 1 are skipped), take the one with
+    the smallest `block_error(block, sparsities)` (ties: the first in the block's order). Every raise adds
+    step * W_min / W_block to the mean, so it ends in [target, target + that). `trace`, if given, receives
+    one record per step: {block, before, candidates: {group: error}, chosen}."""
+    out: dict[str, float] = {}
+    for block, keys in blocks.items():
+        w = {k: groups[k].weights for k in keys}
+        total, w_min = sum(w.values()), min(w.values())
+        inc = {k: step * w_min / w[k] for k in keys}
+        n = dict.fromkeys(keys, 0)  # raises per group: its sparsity is n * inc (no float drift)
+        while sum(n.values()) * step * w_min < target * total - 1e-9 * total:
+            now = {k: n[k] * inc[k] for k in keys}
+            cands: dict[str, float] = {}
+            for k in keys:
+                if (n[k] + 1) * inc[k] < 1 - 1e-12:
+                    cands[k] = float(block_error(block, {**now, k: (n[k] + 1) * inc[k]}))
+            if not cands:
+                break
+            best = min(cands, key=lambda k: cands[k])
+            if trace is not None:
+                trace.append({"block": block, "before": now, "candidates": cands, "chosen": best})
+            n[best] += 1
+        out.update({k: n[k] * inc[k] for k in keys})
+    return out
 
 
 # ---- the recipe section ------------------------------------------------------------------------------------------
@@ -264,8 +321,9 @@ class ActivationSparsity(Strict):
         if isinstance(self.sparsity, dict) and self.targets is not None:
             raise ValueError("a per-type sparsity mapping names its own targets; drop `targets`")
         as_value_error(lambda o: get_method(self.method, o), self.options)
-        if isinstance(self.sparsity, dict) and self.options.get("allocation") == "greedy":
-            raise ValueError("options.allocation greedy spreads one model-wide target: give sparsity as one number")
+        if isinstance(self.sparsity, dict) and self.options.get("allocation") in ("greedy", "block_greedy"):
+            raise ValueError(f"options.allocation {self.options['allocation']} spreads one model-wide target: "
+                             "give sparsity as one number")
         if max(self.batches) > self.union_tokens:
             raise ValueError(f"union_tokens ({self.union_tokens}) must be at least the largest batch "
                              f"({max(self.batches)}): a group of B tokens needs B distinct tokens")
@@ -362,16 +420,34 @@ def _group_key(name: str, ttype: str | None, target: float, types: Any) -> str:
 @torch.no_grad()
 def calibrate(model: Any, windows: torch.Tensor, plan: dict[str, tuple[str | None, float]], method: Teal,
               tokens: int = 512, seed: int = 0, types: Any = None,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+              progress: Callable[[int, int], None] | None = None,
+              trace: Optional[list[dict[str, Any]]] = None) -> dict[str, dict[str, Any]]:
     """Per targeted linear: {type, target (the allocated sparsity), threshold, calibration_sparsity (the
-    fraction of its calibration sample the threshold zeroes)}. `windows` [n, seq_len] token ids."""
+    fraction of its calibration sample the threshold zeroes)}. `windows` [n, seq_len] token ids. `trace`
+    (block_greedy only) receives the greedy's steps (see `block_greedy_allocation`)."""
     modules = dict(model.named_modules())
+    if method.allocation == "block_greedy" and types is None:
+        from nmx.quant.tensor_types import resolve_tensor_types
+
+        types = resolve_tensor_types(model)
     groups_of: dict[str, list[str]] = {}
     for name, (ttype, s) in plan.items():
         groups_of.setdefault(_group_key(name, ttype, s, types), []).append(name)
     samples = {g: _Reservoir(tokens, seed, torch.float32) for g in groups_of}
     hooks = [modules[members[0]].register_forward_pre_hook(lambda _m, args, r=samples[g]: r.add(args[0]))
              for g, members in groups_of.items()]
+    blocks: dict[str, list[str]] = {}
+    block_inputs: dict[str, list[tuple[tuple, dict]]] = {}
+    if method.allocation == "block_greedy":
+        blocks = _blocks_of(groups_of, types)
+        block_inputs = {b: [] for b in blocks}
+
+        def keep(b: str) -> Callable:
+            def hook(_m: Any, args: tuple, kwargs: dict) -> None:
+                if len(block_inputs[b]) < method.block_windows:
+                    block_inputs[b].append((args, dict(kwargs)))
+            return hook
+        hooks += [modules[b].register_forward_pre_hook(keep(b), with_kwargs=True) for b in blocks]
     device = next(model.parameters()).device
     try:
         for i, w in enumerate(windows):
@@ -389,7 +465,11 @@ def calibrate(model: Any, windows: torch.Tensor, plan: dict[str, tuple[str | Non
         col_sq = sum(modules[m].weight.detach().float().pow(2).sum(0).cpu() for m in members)
         groups[g] = GroupSample(rows, tuple(members), sum(modules[m].weight.numel() for m in members), col_sq,
                                 plan[members[0]][1])
-    alloc = method.allocate(groups)
+    if method.allocation == "block_greedy":
+        block_error = _block_error(modules, groups, block_inputs)
+        alloc = method.allocate(groups, block_error, blocks, trace)
+    else:
+        alloc = method.allocate(groups)
     out: dict[str, dict[str, Any]] = {}
     for g, sample in groups.items():
         a = sample.rows.abs()
@@ -400,6 +480,67 @@ def calibrate(model: Any, windows: torch.Tensor, plan: dict[str, tuple[str | Non
                       "calibration_rows": int(a.shape[0])}
     order = list(plan)
     return dict(sorted(out.items(), key=lambda kv: order.index(kv[0])))
+
+
+def _blocks_of(groups_of: dict[str, list[str]], types: Any) -> dict[str, list[str]]:
+    """Decoder block module name -> the keys of the input groups inside it (block_greedy)."""
+    if types is None:
+        raise InputError("teal: allocation block_greedy needs the model's decoder blocks (a Llama-style model)")
+    head = types.prefix + "."
+    blocks: dict[str, list[str]] = {}
+    for g, members in groups_of.items():
+        if not members[0].startswith(head):
+            raise InputError(f"teal: allocation block_greedy allocates within decoder blocks; {members[0]} is "
+                             "outside them (target only decoder-layer linears)")
+        index = members[0][len(head):].split(".", 1)[0]
+        blocks.setdefault(f"{types.prefix}.{index}", []).append(g)
+    return blocks
+
+
+def _block_output(module: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = module(*args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _block_error(modules: dict[str, Any], groups: dict[str, GroupSample],
+                 block_inputs: dict[str, list[tuple[tuple, dict]]]) -> Callable[[str, dict[str, float]], float]:
+    """block_error(block, {group: sparsity}): ||Y - Y_dense|| / ||Y_dense|| over the block's kept inputs, with
+    each group's linears thresholded at the threshold calibrated to its sparsity (as `calibrate` sets it)."""
+    dense: dict[str, list[torch.Tensor]] = {}
+    abs_rows = {k: g.rows.abs() for k, g in groups.items()}
+    thresholds: dict[tuple[str, float], float] = {}
+
+    def threshold(k: str, s: float) -> float:
+        if (k, s) not in thresholds:
+            thresholds[k, s] = magnitude_threshold(abs_rows[k], s)
+        return thresholds[k, s]
+
+    @torch.no_grad()
+    def error(block: str, sparsities: dict[str, float]) -> float:
+        module = modules[block]
+        if block not in dense:
+            if not block_inputs.get(block):
+                raise InputError(f"teal: block_greedy: decoder block {block} never ran in a forward pass")
+            dense[block] = [_block_output(module, a, kw).double() for a, kw in block_inputs[block]]
+        handles = []
+        try:
+            for k, s in sparsities.items():
+                t = threshold(k, s)
+                if s > 0:
+                    for m in groups[k].members:
+                        handles.append(modules[m].register_forward_pre_hook(
+                            lambda _m, args, t=t: (threshold_input(args[0], t), *args[1:])))
+            num = den = 0.0
+            for (a, kw), y0 in zip(block_inputs[block], dense[block], strict=True):
+                y = _block_output(module, a, kw).double()
+                num += float((y - y0).pow(2).sum())
+                den += float(y0.pow(2).sum())
+        finally:
+            for h in handles:
+                h.remove()
+        return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+    return error
 
 
 class _Tap:
@@ -509,7 +650,8 @@ def apply_activation_sparsity(loaded: Any, section: ActivationSparsity, calibrat
 
     model = loaded.model
     method = get_method(section.method, section.options)
-    needs_types = section.relufication or any(k in TENSOR_TYPES for k in section.plan())
+    needs_types = (section.relufication or any(k in TENSOR_TYPES for k in section.plan())
+                   or method.allocation == "block_greedy")
     types = resolve_tensor_types(model) if needs_types else None
     relufied = relufy(model, types) if section.relufication else []
     plan = resolve_targets(model, section, types)
