@@ -24,6 +24,20 @@ from tests.cli import run_cli
 from tests.model.conftest import TEXT, char_tokenizer, tiny_llama
 
 
+def _linear_inputs(model, wins, layers) -> dict[str, list[torch.Tensor]]:
+    """The inputs each of `layers` receives while `model` runs over the windows `wins`."""
+    modules = dict(model.named_modules())
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    hooks = [modules[n].register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+             for n in layers]
+    with torch.no_grad():
+        for w in wins:
+            model(w[None])
+    for h in hooks:
+        h.remove()
+    return seen
+
+
 def _windows(n: int, seq_len: int) -> torch.Tensor:
     ids = char_tokenizer()(TEXT, return_tensors="pt").input_ids[0]
     return ids[: n * seq_len].reshape(n, seq_len)
@@ -46,15 +60,8 @@ def test_calibrated_thresholds_hit_the_target_on_the_calibration_data(target):
     wins = _windows(4, 64)  # 256 token rows per input: the reservoir keeps 48
     layers = calibrate(model, wins, plan, get_method("teal"), tokens=rows, seed=0)
     assert set(layers) == set(plan) and len(layers) == 2 * 7
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     modules = dict(model.named_modules())
-    hooks = [modules[n].register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
-             for n in layers]
-    with torch.no_grad():
-        for w in wins:
-            model(w[None])
-    for h in hooks:
-        h.remove()
+    seen = _linear_inputs(model, wins, layers)
     tol = 4 * math.sqrt(target * (1 - target) / rows)
     for name, rec in layers.items():
         x = torch.cat(seen[name]).reshape(-1, modules[name].in_features)
@@ -324,14 +331,7 @@ def test_block_greedy_takes_the_cheapest_candidate_at_each_step():
     step = 0.2
     model, wins, layers, trace = _block_greedy(step)
     modules = dict(model.named_modules())
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    hooks = [modules[n].register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
-             for n in layers]
-    with torch.no_grad():
-        for w in wins:
-            model(w[None])
-    for h in hooks:
-        h.remove()
+    seen = _linear_inputs(model, wins, layers)
     inputs = {n: torch.cat(v).reshape(-1, modules[n].in_features).abs() for n, v in seen.items()}
 
     def block_out(block: str, thresholds: dict[str, float]) -> torch.Tensor:
