@@ -93,6 +93,9 @@ class GpuTarget:
     # fused attention's (FlashAttention-style) share of the bf16 tensor-core peak; None: flops_eff["bf16"],
     # the GEMMs' (on the A100 the published FlashAttention-2 timings run at ~0.6 of the peak, cuBLAS at ~0.85)
     attention_flops_eff: float | None = None
+    # fused attention's tile (query rows x key columns a program computes at once: FlashAttention-2's forward
+    # for head_dim 128 on sm80/sm90 is 128 x 64); a causal mask's diagonal tiles are computed whole
+    attention_tile: tuple[int, int] = (128, 64)
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -153,11 +156,11 @@ _UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {}, "dispatch_table": None,
 # A100: the datasheet's peaks; the GEMMs', fused attention's and the decode step's weight-streaming efficiencies
 # fitted on published, measured A100 numbers (the `fit` rows of src/nmx/hw/data/a100_published.csv, every row with
 # its source) by `python benchmarks/gpu_fit.py --published --target a100-80gb --rounds 10`; docs/gpu_validation.md
-# has the held-out errors (median 13.9 % GEMM, 12.3 % fused attention, 1.4 % bf16 decode step: the GEMM and
-# attention classes miss the 10 % target, see there why). Everything else (launch and ramp costs, norms,
+# has the held-out errors (median 13.9 % GEMM, 6.2 % fused attention with causal attention priced on whole tiles,
+# 1.4 % bf16 decode step: the GEMM class misses the 10 % target, see there why). Everything else (launch and ramp costs, norms,
 # attention's and elementwise bandwidth, 2:4, int8/tf32 rates) is still the H200's, not validated on an A100.
 _A100_FIT: dict[str, Any] = {
-    **_UNCALIBRATED, "flops_eff": {**_H200_FIT["flops_eff"], "bf16": 0.753}, "attention_flops_eff": 0.515,
+    **_UNCALIBRATED, "flops_eff": {**_H200_FIT["flops_eff"], "bf16": 0.753}, "attention_flops_eff": 0.545,
     "bw_eff": {**_H200_FIT["bw_eff"], "gemm": 0.869},
     "calibration": "bf16 GEMM, fused-attention and decode weight-streaming efficiencies fitted on published A100 "
                    "measurements (src/nmx/hw/data/a100_published.csv, docs/gpu_validation.md); the rest: the H200's "
@@ -344,10 +347,28 @@ def attention_op_latency(target: str | GpuTarget, op: Any) -> dict[str, Any]:
     with the same roofline as `attention`."""
     t = get_target(target)
     eff = t.attention_flops_eff if t.attention_flops_eff is not None else t.efficiency("bf16")
-    compute = op.flops / (t.peak("bf16") * eff)
+    executed = op.flops * causal_tile_factor(op.q_len, op.kv_len, t.attention_tile) if op.causal else op.flops
+    compute = executed / (t.peak("bf16") * eff)
     memory = t.memory_s(op.bytes, "attention")
-    return _result(t, t.launch_s, memory, compute, flops=op.flops, bytes=op.bytes, kv_bytes=op.kv_bytes_read,
-                   kv_format=op.kv_format)
+    return _result(t, t.launch_s, memory, compute, flops=op.flops, executed_flops=executed, bytes=op.bytes,
+                   kv_bytes=op.kv_bytes_read, kv_format=op.kv_format)
+
+
+def causal_tile_factor(q_len: int, kv_len: int, tile: tuple[int, int]) -> float:
+    """Score pairs a tiled causal kernel computes over the pairs the mask keeps (>= 1): the queries in row blocks
+    of tile[0], each block running over the key blocks of tile[1] up to the one holding the last key its last
+    query sees (the mask aligned bottom-right: query i sees kv_len - q_len + i + 1 keys), those blocks whole.
+    One query (decode) is computed as it is: 1."""
+    if q_len <= 1:
+        return 1.0
+    bm, bn = tile
+    computed = 0
+    for start in range(0, q_len, bm):
+        last = min(start + bm, q_len) - 1  # the block's last query
+        seen = kv_len - q_len + last + 1
+        computed += (min(start + bm, q_len) - start) * min(-(-seen // bn) * bn, kv_len)
+    kept = q_len * kv_len - q_len * (q_len - 1) // 2
+    return computed / kept
 
 
 def elementwise(target: str | GpuTarget, kind: str, rows: int, width: int, nbytes: float,
