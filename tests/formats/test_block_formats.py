@@ -353,3 +353,22 @@ def test_rounder_fixes_a_groups_scales(name):
 def test_rounder_bad_group():
     with pytest.raises(Exception, match="one block of 32"):
         F.get("mxfp4").rounder(torch.randn(4, 16))
+
+
+@pytest.mark.parametrize("name", ["bfp_m1_g64", "bfp_m4_g16", "bfp_m7_g64", "bfp_m15_g32"])
+def test_bfp_round_to_nearest_shortcut_is_the_generic_path_bit_for_bit(name):
+    """BFPFormat.quantize (exponent bits built directly) against Format.quantize (codes split, then joined), at
+    the ends of the exponent range: subnormal and zero blocks (code 0), the largest finite blocks (code 254),
+    -0, Inf and NaN blocks."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 96, generator=g) * torch.exp2(torch.randint(-149, 128, (64, 1), generator=g).float())
+    x[0] = 0.0
+    x[1] = -0.0
+    x[2] = torch.finfo(torch.float32).max * torch.rand(96, generator=g)
+    x[3, 5], x[4, 7], x[5, 0] = float("inf"), float("nan"), -float("inf")
+    x[6] = 2.0 ** -149
+    fmt = F.get(name)
+    for dim in (-1, 0):
+        fast, generic = fmt.quantize(x, dim=dim), F.Format.quantize(fmt, x, dim=dim)
+        assert torch.equal(fast.isnan(), generic.isnan())
+        assert_bitwise_equal(fast.nan_to_num(), generic.nan_to_num())

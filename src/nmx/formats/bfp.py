@@ -62,6 +62,27 @@ class BFPFormat(Format):
             elements = torch.where(nan_block, 0.0, elements)
         return elements
 
+    def quantize(self, x, dim: int = -1, *, seed: int = 0) -> torch.Tensor:
+        """Fake quantization; round-to-nearest takes a shorter path with the same bits: the shared exponent's
+        E8M0 code is amax's biased float32 exponent itself (255 for Inf/NaN), and 2^-E, 2^E are built from
+        exponent bits instead of decoded codes (activation fake-quant calls this on every linear input)."""
+        if self.rounding is not Rounding.NEAREST:
+            return super().quantize(x, dim, seed=seed)
+        x, layout, blocks = self._blocks(x, dim)
+        if blocks is None:
+            return x.clone()
+        code = (block_absmax(blocks).view(torch.int32) >> 23) & 0xFF  # floor(log2 amax) + 127; 0 for 0 and subnormals
+        m = self.mantissa_bits
+        # 2^(127 - code) = 2^-E as float32 bits (code 254: 2^-127, a subnormal); Inf/NaN blocks: 1
+        inv_bits = torch.where(code == 254, 0x00400000, (254 - code) << 23)
+        inv = torch.where(code == E8M0_NAN, 0x3F800000, inv_bits).view(torch.float32)
+        top = float(2**m - 1)
+        q = blocks.mul(inv).mul_(2.0 ** (m - 1)).round_().add_(0.0).clamp_(-top, top)
+        # 2^E = 2^(code - 127) as float32 bits (code 0: 2^-127, a subnormal); Inf/NaN blocks decode to NaN
+        scale_bits = torch.where(code == 0, 0x00400000, code << 23)
+        scale = torch.where(code == E8M0_NAN, 0x7FC00000, scale_bits).view(torch.float32)
+        return self._unblock(q.mul_(2.0 ** (1 - m)).mul_(scale), layout)
+
     def _join(self, elements, code):
         return elements.mul_(2.0 ** (1 - self.mantissa_bits)).mul_(E8M0_SCALE.decode(code))
 
