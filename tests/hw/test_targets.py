@@ -40,10 +40,11 @@ def test_every_preset_answers_the_protocol():
         kinds.add(t.kind)
         assert isinstance(c, Cost) and c.target == name and c.latency_s > 0 and c.bytes > 0
         assert c.tokens_per_s == pytest.approx(4 / c.latency_s)
-        assert (c.energy_pj is None) == (t.kind == "gpu")  # a roofline has no energy model: None, not 0
+        # a roofline has no energy model: None, not 0 (a PIM host's is the GPU's, with memory-side energy aside)
+        assert (c.energy_pj is None) == (t.kind in ("gpu", "pim"))
         assert sum(op.latency_s for op in c.ops) == pytest.approx(c.latency_s, rel=1e-9) or t.kind == "accelerator"
         assert c.kv_cache_bytes == w.kv_cache_bytes
-    assert kinds == {"gpu", "accelerator"}
+    assert kinds == {"gpu", "accelerator", "pim"}
     assert DEFAULT_TARGET == "h200" and "fitted" in get_target(DEFAULT_TARGET).gpu.calibration
 
 
@@ -180,10 +181,10 @@ def test_a_timeloop_file_with_an_unset_variable_is_one_line(monkeypatch):
         get_target(str(EXAMPLES / "eyeriss_v2_L07.yaml"))
 
 
-def test_hw_targets_lists_gpus_and_accelerators(capsys, monkeypatch):
+def test_hw_targets_lists_gpus_accelerators_and_pim_hosts(capsys, monkeypatch):
     code, out, _ = run_cli(["hw", "targets", "--json"], capsys, monkeypatch)
     rows = json.loads(out)
-    assert code == 0 and {r["kind"] for r in rows} == {"gpu", "accelerator"}
+    assert code == 0 and {r["kind"] for r in rows} == {"gpu", "accelerator", "pim"}
     assert [r["name"] for r in rows] == preset_names()
 
 

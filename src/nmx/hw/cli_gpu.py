@@ -74,7 +74,7 @@ def _gpu(target: str, impl: str) -> Any:
     t = get_target(target, impl)
     if t.kind != "gpu":
         raise InputError(f"--target {target}: {t.name} is {'an' if t.kind[0] in 'aeiou' else 'a'} {t.kind}; "
-                         "nmx hw llm prices GPUs (an accelerator design: nmx hw accel)")
+                         "nmx hw llm prices GPUs (an accelerator design: nmx hw accel; a PIM host: nmx hw pim)")
     return t.gpu
 
 
@@ -83,8 +83,9 @@ def register(hw_app: typer.Typer) -> None:
 
     @hw_app.command("targets")
     def targets(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-        """The hardware targets a recipe can name: GPU presets (peaks, bandwidth, calibration) and the
-        packaged accelerator designs; any other target is a YAML file (see examples/hardware/)."""
+        """The hardware targets a recipe can name: GPU presets (peaks, bandwidth, calibration), the packaged
+        accelerator designs and GPU hosts with near-memory (PIM) compute; any other target is a YAML file (see
+        examples/hardware/)."""
         from nmx.hw.targets import list_targets
 
         rows = list_targets()
@@ -99,6 +100,9 @@ def register(hw_app: typer.Typer) -> None:
         _table([{**r, "array": "x".join(map(str, r["pe_array"])), "DRAM GB/s": r["dram_gb_s"]}
                 for r in rows if r["kind"] == "accelerator"],
                ("name", "pe_kind", "array", "dataflow", "tech_nm", "clock_ghz", "glb_kb", "DRAM GB/s"))
+        _table([{**r, "PIM TFLOP/s": r["pim_tflops"], "internal TB/s": r["internal_tb_s"], "host TB/s": r["host_tb_s"]}
+                for r in rows if r["kind"] == "pim"],
+               ("name", "host", "devices", "units", "PIM TFLOP/s", "internal TB/s", "host TB/s"))
 
     @hw_app.command("gemm")
     def gemm_cmd(

@@ -405,10 +405,12 @@ _ACCEL_FILES: dict[str, Path] = {}
 
 
 def preset_names() -> list[str]:
-    """Every target a recipe can name without a file: the GPU presets, then the accelerator designs."""
+    """Every target a recipe can name without a file: the GPU presets, the accelerator designs, then the GPU hosts
+    with near-memory compute (nmx.hw.pim)."""
     from nmx.hw.gpu import PRESETS
+    from nmx.hw.pim import pim_presets
 
-    return list(PRESETS) + list(_accel_preset_files())
+    return list(PRESETS) + list(_accel_preset_files()) + list(pim_presets())
 
 
 def get_target(spec: Any, gpu_impl: str = "pytorch") -> Target:
@@ -427,14 +429,14 @@ def get_target(spec: Any, gpu_impl: str = "pytorch") -> Target:
         return spec
     if not isinstance(spec, (str, Path)) or not str(spec).strip():
         raise InputError(f"a hardware target is a preset name or a YAML file path, got {spec!r}")
+    from nmx.hw.pim import get_pim, pim_presets  # near-memory presets (nmx.hw.pim, `nmx hw pim`)
+
     key = str(spec).strip()
     if key in PRESETS:
         return GpuModel(PRESETS[key], gpu_impl)
     accel = _accel_preset_files()
     if key in accel:
         return AccelModel(load_accel(accel[key]), "preset")
-    from nmx.hw.pim import get_pim, pim_presets  # near-memory presets (nmx.hw.pim, `nmx hw pim`)
-
     if key in pim_presets():
         return get_pim(key, gpu_impl)
     path = Path(key).expanduser()
