@@ -14,7 +14,6 @@ its line. `--set key.path=value` overrides are applied before validation.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nmx.errors import InputError, NmxError
+from nmx.errors import InputError, NmxError, did_you_mean
 from nmx.io import parse_yaml, read_text
 from nmx.model.layers import DEFAULT_TARGETS
 from nmx.model.sources import DEFAULT_MODEL
@@ -368,8 +367,7 @@ def _describe(err: ValidationError, tree: Any, where: str, overrides: dict[tuple
             model = model.model_fields[key].annotation
             model = next((a for a in getattr(model, "__args__", (model,)) if isinstance(a, type)), model)
         known = list(getattr(model, "model_fields", {}))
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        msg = f"unknown key{f'; did you mean {close[0]!r}' if close else ''} (known: {', '.join(known)})"
+        msg = f"unknown key{did_you_mean(loc[-1], known)} (known: {', '.join(known)})"
     elif e["type"].endswith("_type") and "input" in e:
         msg = f"{msg}, got {e['input']!r}"[:200]
     return f"{place}: {field}: {msg}"

@@ -18,13 +18,12 @@ scaled or float format; nearest-even is the default.
 
 from __future__ import annotations
 
-import difflib
 import re
 from functools import lru_cache
 
 import torch
 
-from nmx.errors import FormatError
+from nmx.errors import FormatError, did_you_mean
 from nmx.formats.base import Format
 from nmx.formats.bfp import BFPFormat
 from nmx.formats.elements import MXINT8, NAMED_FLOATS, float_element
@@ -101,9 +100,7 @@ def _parse(base: str, rounding: Rounding, name: str) -> Format:
         if not 1 <= mbits <= 15:
             raise FormatError(f"{name}: BFP mantissas need 1..15 bits")
         return BFPFormat(name, mbits, _block(m[2], None, name), rounding)
-    close = difflib.get_close_matches(base, LISTED, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise FormatError(f"unknown format {name!r}{hint} (`nmx formats` lists them)")
+    raise FormatError(f"unknown format {name!r}{did_you_mean(base, LISTED, 0.5)} (`nmx formats` lists them)")
 
 
 def get(name: str) -> Format:

@@ -24,7 +24,6 @@ leakage); cycles = latency + (ceil(elements / lanes) - 1) * cycles_per_element.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from typing import Any, Union
 
 import torch
 
-from nmx.errors import InputError
+from nmx.errors import InputError, did_you_mean
 from nmx.hw.nonlinear_methods import CORDIC, LUT, PWL
 from nmx.hw.nonlinear_units import F64, FUNCTIONS, KERNELS, Part, mul_bits, round_to, staged
 
@@ -68,9 +67,8 @@ def get(name: str) -> Method:
 def _get(name: str) -> Method:
     m = _NAME.fullmatch(name)
     if not m:
-        close = difflib.get_close_matches(name, LISTED, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise InputError(f"unknown nonlinear method {name!r}{hint} (use lut<N>, lut<N>_interp, pwl<N>, "
+        raise InputError(f"unknown nonlinear method {name!r}{did_you_mean(name, LISTED, 0.5)} "
+                         "(use lut<N>, lut<N>_interp, pwl<N>, "
                          f"cordic<N>, cordic<N>_iter, e.g. {', '.join(DEFAULT_METHODS)})")
     family, n_text, interp, iterative, in_text, out_text = m.groups()
     n = int(n_text)

@@ -39,7 +39,6 @@ greater than 0`).
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -49,7 +48,7 @@ from typing import Any, ClassVar, Literal, Optional, Protocol, runtime_checkable
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nmx.errors import InputError
+from nmx.errors import InputError, did_you_mean
 from nmx.hw.cost import Cost, OpCost
 from nmx.validation import Strict
 
@@ -442,9 +441,8 @@ def get_target(spec: Any, gpu_impl: str = "pytorch") -> Target:
     path = Path(key).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or path.exists() or os.sep in key:
         return load_target_file(path, gpu_impl)
-    close = difflib.get_close_matches(key, preset_names(), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"unknown hardware target {key!r}{hint} (presets: {', '.join(preset_names())}; or a YAML file "
+    raise InputError(f"unknown hardware target {key!r}{did_you_mean(key, preset_names())} "
+                     f"(presets: {', '.join(preset_names())}; or a YAML file "
                      "of kind gpu, accelerator or timeloop)")
 
 

@@ -25,13 +25,12 @@ each later forward that overflows the budget, with that forward's queries as the
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from nmx.errors import InputError
+from nmx.errors import InputError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -181,9 +180,8 @@ SNAPKV_POOL = 7
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        close = difflib.get_close_matches(str(name), METHODS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise InputError(f"evict.method: unknown eviction method {name!r}{hint} (known: {', '.join(METHODS)})")
+        raise InputError(f"evict.method: unknown eviction method {name!r}{did_you_mean(name, METHODS)} "
+                         f"(known: {', '.join(METHODS)})")
     return METHODS[name]
 
 

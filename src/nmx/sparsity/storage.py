@@ -43,12 +43,11 @@ For a matrix with an unstructured mask, compare UNSTRUCTURED_CANDIDATES only.
 
 from __future__ import annotations
 
-import difflib
 import re
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from nmx.errors import FormatError, InputError
+from nmx.errors import FormatError, InputError, did_you_mean
 from nmx.sparsity.storage_base import (
     EncodedSparse,
     MetaField,
@@ -99,10 +98,9 @@ def _get(name: str) -> Storage:
         return RLE(None if m[1] is None else int(m[1]))
     if m := _NM.fullmatch(name):
         return NM(int(m[1]), int(m[2]), combinatorial=m[3] is not None)
-    close = difflib.get_close_matches(name, LISTED, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise FormatError(
-        f"unknown storage format {name!r}{hint} (choose dense, bitmap, csr, csc, coo, rle, rle<r>, nmN:M, nmN:M_comb)"
+        f"unknown storage format {name!r}{did_you_mean(name, LISTED, 0.5)} "
+        "(choose dense, bitmap, csr, csc, coo, rle, rle<r>, nmN:M, nmN:M_comb)"
     )
 
 

@@ -19,7 +19,6 @@ that names the file, the place and the point.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -30,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from nmx.errors import InputError, NmxError
+from nmx.errors import InputError, NmxError, did_you_mean
 from nmx.io import read_text
 from nmx.recipe import Recipe, _line_of, _yaml, load_recipe
 
@@ -190,9 +189,7 @@ def load_sweep(path: Path | None = None, spec: dict | None = None) -> Sweep:
         raise where.error((), f"a sweep file is a mapping (base, grid, points, ...), not a {type(spec).__name__}")
     for key in spec:
         if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}" if close else ""
-            raise where.error((key,), f"{key}: unknown key{hint} (known: {', '.join(KEYS)})")
+            raise where.error((key,), f"{key}: unknown key{did_you_mean(key, KEYS)} (known: {', '.join(KEYS)})")
 
     name = spec.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
