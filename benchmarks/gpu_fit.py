@@ -3,6 +3,7 @@
     python benchmarks/gpu_fit.py [--measurements src/nmx/hw/data/h200_measured.csv] [--target h200]
     python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_h200_run6.json [--write-csv]
     python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_peers_h100.json --target h100-sxm --write-csv
+    python benchmarks/gpu_fit.py --nmx-kv benchmarks/results/kv_append_h100.json       # KV decode attention, H100
 
 Minimizes the mean over op classes of the mean |log(predicted / measured)| by coordinate descent
 in log space (multiplicative steps, shrinking), starting from the target's current parameters,
@@ -213,9 +214,62 @@ def fit_published(path: str | None, target: str, rounds: int, verbose: bool = Tr
     return p
 
 
+def fit_nmx_kv(path: str, target: str = "h100-sxm", e2e: str | None = None) -> dict:
+    """impl "nmx"'s KV decode attention and append (`GpuTarget.kv_decode`, `kv_append`) from benchmarks/kv_append.py's
+    graph-mode timings of two batches (two rows, two parameters each: solved exactly), then checked where nothing
+    was fitted: the end-to-end decode steps of `nmx bench decode ... --kv int4` (e2e JSON), priced by the whole model
+    before and after."""
+    import json
+    from dataclasses import replace
+
+    from nmx.hw.workload import Compression, attention_op, llm_workload
+
+    res = json.loads(Path(path).read_text())
+    t = gpu.get_target(target)
+    rows = sorted((r for r in res["timing"] if r["formats"] == "int4/int4"), key=lambda r: r["batch"])
+    if len(rows) != 2:
+        raise SystemExit(f"{path}: need int4/int4 timings at two batch sizes, found {len(rows)}")
+    pts = []
+    for r in rows:
+        op = attention_op("attention", r["batch"], 1, r["context"], r["q_heads"], r["kv_heads"], r["head_dim"],
+                          kv_format="int4_g32")
+        pts.append((r["batch"], op.bytes, r["attention"]["graph_static_per_layer_s"],
+                    r["static_append"]["graph_per_token_per_layer_s"]))
+    (b1, y1, a1, p1), (b2, y2, a2, p2) = pts
+    per_byte = (a2 - a1) / (y2 - y1)
+    share = 1.0 / (per_byte * t.bandwidth_bytes_per_s)
+    fixed = a1 - t.graph_launch_s - y1 * per_byte
+    per_seq = (p2 - p1) / (b2 - b1)
+    a_fixed = p1 - per_seq * b1
+    print(f"{res.get('device')}, {res.get('date')}: int4 KV, {rows[0]['kv_heads']} KV heads x {rows[0]['head_dim']}, "
+          f"context {rows[0]['context']}, batches {b1} and {b2}")
+    print(f'  "kv_decode": {{"int4": ({fixed:.3g}, {share:.3g})}}, '
+          f'"kv_append": {{"int4": ({a_fixed:.3g}, {per_seq:.3g})}}')
+    fitted = replace(t, kv_decode={"int4": (float(f"{fixed:.3g}"), float(f"{share:.3g}"))},
+                     kv_append={"int4": (float(f"{a_fixed:.3g}"), float(f"{per_seq:.3g}"))})
+    if e2e:
+        d = json.loads(Path(e2e).read_text())
+        print(f"\nheld out: {e2e} ({d['device']}, {d['model']}, context {d['context']}, CUDA graphs): pred/meas - 1")
+        print("| step | batch | measured ms | model before | model after |\n|---|---:|---:|---:|---:|")
+        for r in d["rows"]:
+            comp = Compression(weights=d["compressed"]["weights"] if r["weights"] == "compressed" else None,
+                               kv_format="int4_g32" if r["kv"]["format"] == "int4" else None)
+            work = llm_workload(d["model"].split()[-1], "decode", batch=r["batch"], context=d["context"],
+                                compression=comp)
+            ms = r["ms_per_step"]
+            pred = [gpu.llm_cost(replace(x, launch_s=x.graph_launch_s), work, impl="nmx")["latency_s"] * 1e3
+                    for x in (replace(t, kv_decode={}, kv_append={}), fitted)]
+            print(f"| {r['variant']} | {r['batch']} | {ms:.3f} | {pred[0]:.3f} ({pred[0] / ms - 1:+.3f}) | "
+                  f"{pred[1]:.3f} ({pred[1] / ms - 1:+.3f}) |")
+    return {"kv_decode": fitted.kv_decode, "kv_append": fitted.kv_append}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nmx-kernels", default=None, help="fit impl 'nmx' on a kernels_bench.py JSON instead")
+    ap.add_argument("--nmx-kv", default=None, help="fit impl 'nmx''s KV decode attention on a kv_append.py JSON")
+    ap.add_argument("--e2e", default="benchmarks/results/decode_kv_int4_h100.json",
+                    help="with --nmx-kv: end-to-end decode steps to check the fit on")
     ap.add_argument("--write-csv", action="store_true")
     ap.add_argument("--measurements", default=None)
     ap.add_argument("--published", nargs="?", const="", default=None,
@@ -223,6 +277,9 @@ def main() -> None:
     ap.add_argument("--target", default="h200")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
+    if args.nmx_kv:
+        fit_nmx_kv(args.nmx_kv, args.target if args.target != "h200" else "h100-sxm", args.e2e or None)
+        return
     if args.nmx_kernels:
         fit_nmx(args.nmx_kernels, args.write_csv, args.target)
         return

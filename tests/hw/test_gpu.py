@@ -204,3 +204,42 @@ def test_cli_prices_nmx_kernels():
                           "--k", "64", "--weights", "int4_g128", "--impl", "nmx"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "no measurement" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_nmx_kv_decode_attention_by_hand_and_where_it_does_not_apply():
+    """impl "nmx" prices one query over a packed KV format that nmx's decode kernel has measurements for as that
+    kernel replayed from a graph plus its one-token append; other formats, prefill and other impls keep the
+    roofline."""
+    from nmx.hw.workload import attention_op
+
+    t = gpu.get_target("h100-sxm")
+    fixed, share = t.kv_decode["int4"]
+    a_fixed, a_per_seq = t.kv_append["int4"]
+    op = attention_op("attention", 16, 1, 2048, 32, 32, 128, kv_format="int4_g32")
+    r = gpu.attention_op_latency(t, op, "nmx")
+    want = t.graph_launch_s + fixed + a_fixed + 16 * a_per_seq + op.bytes / (t.bandwidth_bytes_per_s * share)
+    assert r["latency_s"] == pytest.approx(want) and r["impl"] == "nmx" and "packed int4" in r["path"]
+    assert r["latency_s"] > gpu.attention_op_latency(t, op)["latency_s"]  # the roofline was optimistic
+    assert gpu.nmx_kv_key("int4_g32") == "int4" and gpu.nmx_kv_key("int2_g16") == "int2"
+    assert gpu.nmx_kv_key(None) is None and gpu.nmx_kv_key("int8_g32") is None
+    assert gpu.nmx_kv_key("int4_g32_asym") is None
+    roofline = gpu.attention_op_latency(t, op)
+    for other in (attention_op("attention", 16, 1, 2048, 32, 32, 128, kv_format="int2_g32"),  # not measured
+                  attention_op("attention", 1, 64, 2048, 32, 32, 128, kv_format="int4_g32", causal=True)):  # prefill
+        assert "path" not in gpu.attention_op_latency(t, other, "nmx")
+    assert "path" not in gpu.attention_op_latency("h200", op, "nmx")  # no KV measurement on this preset
+    assert gpu.attention_op_latency(t, op, "pytorch") == roofline
+
+
+def test_nmx_kv_preset_is_the_fit_of_its_measurements():
+    """benchmarks/gpu_fit.py --nmx-kv on kv_append_h100.json gives the h100-sxm preset's kv_decode and kv_append."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("nmx_gpu_fit", root / "benchmarks" / "gpu_fit.py")
+    fit_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_tool)
+    p = fit_tool.fit_nmx_kv(str(root / "benchmarks/results/kv_append_h100.json"), "h100-sxm", None)
+    t = gpu.get_target("h100-sxm")
+    assert p["kv_decode"] == t.kv_decode and p["kv_append"] == t.kv_append

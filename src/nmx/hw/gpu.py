@@ -93,6 +93,11 @@ class GpuTarget:
     # fused attention's (FlashAttention-style) share of the bf16 tensor-core peak; None: flops_eff["bf16"],
     # the GEMMs' (on the A100 the published FlashAttention-2 timings run at ~0.6 of the peak, cuBLAS at ~0.85)
     attention_flops_eff: float | None = None
+    # nmx's decode attention over its packed KV layout and its graph-mode one-token append (impl "nmx"), per KV
+    # format the kernel reads (`nmx_kv_key`): attention (fixed seconds beyond the graph replay, share of the
+    # bandwidth on the op's bytes); append (fixed seconds, seconds per sequence of the batch)
+    kv_decode: dict[str, tuple[float, float]] = field(default_factory=dict)
+    kv_append: dict[str, tuple[float, float]] = field(default_factory=dict)
     # fused attention's tile (query rows x key columns a program computes at once: FlashAttention-2's forward
     # for head_dim 128 on sm80/sm90 is 128 x 64); a causal mask's diagonal tiles are computed whole
     attention_tile: tuple[int, int] = (128, 64)
@@ -143,6 +148,10 @@ _H200_FIT: dict[str, Any] = dict(
 # held-out 4096x11008, 1024x4096, 14336x4096, 4096x14336: median 5.2 %, max 16 %)
 _H100_FIT: dict[str, Any] = {
     **_H200_FIT, "graph_launch_s": 2.71e-6,
+    # nmx's int4 KV decode attention and append, graph mode, Llama-2-7B heads at context 2048, batch 1 and 16:
+    # `python benchmarks/gpu_fit.py --nmx-kv benchmarks/results/kv_append_h100.json` (two rows, two parameters each:
+    # an exact solve, checked on the end-to-end steps of benchmarks/results/decode_kv_int4_h100.json)
+    "kv_decode": {"int4": (9.29e-06, 0.489)}, "kv_append": {"int4": (1.94e-06, 1.16e-07)},
     "decode_s_per_weight": {
         "gemv:e2m1.e8m0": 2.94e-13, "gemv:e2m1.e8m0+24": 3.32e-13, "gemv:e2m1.ue4m3": 3.27e-13,
         "gemv:e2m1.ue4m3+24": 4.14e-13, "gemv:e4m3": 3.92e-13, "gemv:int4.fp16": 2.21e-13, "gemv:int4.fp16+24": 2.9e-13},
@@ -341,11 +350,38 @@ def attention(target: str | GpuTarget, batch: int, q_len: int, kv_len: int, head
     return attention_op_latency(t, op)
 
 
-def attention_op_latency(target: str | GpuTarget, op: Any) -> dict[str, Any]:
+def nmx_kv_key(kv_format: str | None) -> str | None:
+    """The format of nmx.kernels' KV layout (kv_layout.KV_FORMATS) that stores an nmx KV format, or None where the
+    decode kernel does not read it (bf16: not packed, the attention is SDPA's)."""
+    if kv_format is None:
+        return None
+    for prefix, key in (("int4_g", "int4"), ("int2_g", "int2"), ("mxfp4", "mxfp4"), ("fp8_e4m3", "fp8_e4m3")):
+        if kv_format.startswith(prefix) and not kv_format.endswith(("_asym", "_sr")):
+            return key
+    return None
+
+
+def _nmx_kv_attention(t: GpuTarget, op: Any, key: str) -> dict[str, Any]:
+    """nmx's decode attention over the packed cache, replayed from a CUDA graph, with its one-token append:
+    graph_launch_s + a fixed cost + the op's bytes at the measured share of the bandwidth, plus the append."""
+    fixed, share = t.kv_decode[key]
+    memory = op.bytes / (t.bandwidth_bytes_per_s * share)
+    a_fixed, a_per_seq = t.kv_append.get(key, (0.0, 0.0))
+    append = a_fixed + a_per_seq * op.batch
+    r = _result(t, t.graph_launch_s + fixed + append, memory, 0.0, flops=op.flops, bytes=op.bytes,
+                kv_bytes=op.kv_bytes_read, kv_format=op.kv_format, impl="nmx")
+    return r | {"append_s": append, "path": f"nmx decode attention over packed {key} KV (measured)"}
+
+
+def attention_op_latency(target: str | GpuTarget, op: Any, impl: str = "ideal") -> dict[str, Any]:
     """Fused attention priced on a workload's attention op as it is: its FLOPs (over the tokens the
     cache kept) and its bytes (the cache's real layout under a KV policy, the fresh K and V, Q and O),
-    with the same roofline as `attention`."""
+    with the same roofline as `attention`. impl "nmx": one query over a KV format nmx's decode kernel reads
+    and has measurements for (`kv_decode`) is priced as that kernel and its append; anything else as above."""
     t = get_target(target)
+    key = nmx_kv_key(op.kv_format) if impl == "nmx" and op.q_len == 1 else None
+    if key is not None and key in t.kv_decode:
+        return _nmx_kv_attention(t, op, key)
     eff = t.attention_flops_eff if t.attention_flops_eff is not None else t.efficiency("bf16")
     executed = op.flops * causal_tile_factor(op.q_len, op.kv_len, t.attention_tile) if op.causal else op.flops
     compute = executed / (t.peak("bf16") * eff)
@@ -388,7 +424,7 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
         dtype = native if native and native == native_dtype(op.act_format) and native in t.peak_flops else "bf16"
         return gemm(t, op.m, op.n, op.k, dtype, op.pattern, op.weight_format, impl, op.act_col_density)
     if op.kind == "attention":
-        return attention_op_latency(target, op)
+        return attention_op_latency(target, op, impl)
     if op.kind == "embedding":
         return elementwise(target, "embedding", op.m or 1, 0, op.bytes)
     rows = int(op.elements if op.kind == "norm" else 1)
