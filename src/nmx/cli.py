@@ -446,6 +446,9 @@ def bench_decode_cmd(
                                                 "(default: the format's, 32)."),
     kv_residual: int = typer.Option(128, "--kv-residual", metavar="N",
                                     help="With --kv: the most recent tokens kept in bf16 (the window holds N..N+G-1)."),
+    profile: int = typer.Option(0, "--profile", metavar="STEPS",
+                                help="Also profile STEPS steps of every row: its kernels by class, calls and "
+                                     "device time per step (into the JSON; a table with --out/--json omitted)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.json", help="Also write the record as JSON."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", help="Without a GPU: a slow eager smoke run on the CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
@@ -471,7 +474,7 @@ def bench_decode_cmd(
     with target if target is not None else _nothing() as tmp:
         record = bench_decode(model, config, recipe, run_dir, batches, context, tokens, mode, allow_cpu,
                               progress=lambda msg: typer.echo(msg, err=True), kv=kv, kv_group=kv_group,
-                              kv_residual=kv_residual)
+                              kv_residual=kv_residual, profile=profile)
         if tmp is not None:
             from nmx.io import write_json_atomic
 
@@ -486,6 +489,12 @@ def bench_decode_cmd(
         kv_mb = f", KV {r['kv_bytes_per_step'] / 2**20:.1f} MiB/step" if "kv_bytes_per_step" in r else ""
         typer.echo(f"{r['variant']:>10}  batch {r['batch']:>3}  {r['ms_per_step']:8.3f} ms/step  "
                    f"{r['tokens_per_s']:10.1f} tokens/s{extra}{frac}{kv_mb}  ({r['mode']})")
+        if "profile" in r:
+            p = r["profile"]
+            typer.echo(f"            {p['what']}: {p['calls_per_step']:.0f} per step, busy "
+                       f"{1e3 * p['busy_s_per_step']:.3f} ms/step; " + ", ".join(
+                           f"{c} {1e3 * v['s_per_step']:.3f} ms ({v['calls_per_step']:.0f})"
+                           for c, v in p["by_class"].items()))
 
 
 def _nothing():

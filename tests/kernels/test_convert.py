@@ -411,6 +411,31 @@ def test_bench_decode_cpu_smoke(tmp_path, capsys, monkeypatch):
     assert "compressed  batch   2" in text
 
 
+def test_bench_decode_profile_counts_each_step_once(tmp_path, capsys, monkeypatch):
+    """--profile N: every row gets the operators (kernels on a GPU) of one step, by class; the calls per step do
+    not depend on how many steps were profiled."""
+    from nmx.kernels.decode_bench import kernel_class
+
+    recs = []
+    for steps in (1, 2):
+        out = tmp_path / f"bench{steps}.json"
+        code, text, err = run_cli(["bench", "decode", "--config", "tiny", "--batch", "1", "--context", "16",
+                                   "--tokens", "2", "--allow-cpu", "--profile", str(steps), "--out", str(out)],
+                                  capsys, monkeypatch)
+        assert code == 0, err
+        recs.append(json.loads(out.read_text())["rows"][0]["profile"])
+        assert "per step, busy" in text
+    one, two = recs
+    assert one["steps"] == 1 and two["steps"] == 2 and one["calls_per_step"] == two["calls_per_step"] > 0
+    assert sum(c["calls_per_step"] for c in one["by_class"].values()) == pytest.approx(one["calls_per_step"])
+    assert kernel_class("_gemv1_kernel") == "nmx linear" and kernel_class("_kv_decode_kernel") == "nmx KV attention"
+    assert kernel_class("sm90_xmma_gemm_bf16bf16_bf16f32") == "cuBLAS / cuSPARSELt GEMM"
+    assert kernel_class("void at::native::vectorized_elementwise_kernel<4>") == "elementwise"
+    code, _, err = run_cli(["bench", "decode", "--config", "tiny", "--profile", "-1", "--allow-cpu"], capsys,
+                           monkeypatch)
+    assert code == 2 and err.count("\n") == 1
+
+
 def test_bench_decode_from_a_run_folder(tmp_path, tiny_model_dir, text_file, capsys, monkeypatch):
     recipe = _recipe(tmp_path, tiny_model_dir, text_file, sparsity={"method": "magnitude", "pattern": "2:4"},
                      quantization={"weights": "mxfp4"})

@@ -4,6 +4,7 @@
     nmx bench decode --model smollm2-135m --recipe r.yaml        # nmx's compress, then convert_recipe
     nmx bench decode --run RUN_DIR                               # a `nmx run --save-model` folder
     nmx bench decode --config llama-2-7b --weights int4_g128 --kv int4   # + rows with nmx's packed int4 KV cache
+    nmx bench decode --config llama-2-7b --weights int4_g128 --profile 3 # + each row's kernels, by class
 
 Both models run the same code: the transformers model's forward with a `StaticCache` of
 context + tokens (+ a few) slots, one new token per sequence per step, greedy (the argmax feeds the next
@@ -263,11 +264,66 @@ def _packed_step(fn: Any, ids: torch.Tensor, kw: dict) -> Callable[[], torch.Ten
     return step
 
 
+#: kernel classes of a step's profile: the first class whose pattern is in a kernel's (lower-case) name
+KERNEL_CLASSES = (
+    ("nmx linear", ("_gemv1_kernel", "_dot_kernel", "_tc_kernel")),
+    ("nmx KV attention", ("_kv_decode_kernel", "_kv_reduce_kernel", "_kv_static_append_kernel", "_kv_int_pack")),
+    ("cuBLAS / cuSPARSELt GEMM", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_")),
+    ("SDPA attention", ("flash", "attention", "fmha", "softmax")),
+    ("norm", ("norm",)),
+    ("copy / fill", ("copy", "memcpy", "memset", "fill", "cat", "index")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "triton_poi", "triton_per", "reduce")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((c for c, pats in KERNEL_CLASSES if any(p in low for p in pats)), "other")
+
+
+def profile_step(run: Callable[[], Any], steps: int, cuda: bool) -> dict:
+    """What one decode step spends its time on: `steps` calls of `run` (a graph replay or an eager step) under
+    torch.profiler; on a GPU the CUDA kernels (name, calls and device time per step, by class), on the CPU the
+    top-level operators (a smoke run: CPU time, not a measurement)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        if cuda:
+            torch.cuda.synchronize()
+    by_name: dict[str, list[float]] = {}
+    for e in prof.events():
+        if cuda and e.device_type == DeviceType.CUDA:
+            t = e.time_range.elapsed_us() * 1e-6
+        elif not cuda and e.device_type == DeviceType.CPU and e.cpu_parent is None:
+            t = e.cpu_time_total * 1e-6
+        else:
+            continue
+        got = by_name.setdefault(e.name, [0, 0.0])
+        got[0] += 1
+        got[1] += t
+    rows = sorted(({"name": n[:120], "class": kernel_class(n), "calls_per_step": c / steps, "s_per_step": t / steps}
+                   for n, (c, t) in by_name.items()), key=lambda r: -r["s_per_step"])
+    classes: dict[str, dict[str, float]] = {}
+    for r in rows:
+        c = classes.setdefault(r["class"], {"calls_per_step": 0.0, "s_per_step": 0.0})
+        c["calls_per_step"] += r["calls_per_step"]
+        c["s_per_step"] += r["s_per_step"]
+    return {"what": "CUDA kernels" if cuda else "CPU operators (smoke run)", "steps": steps,
+            "calls_per_step": sum(r["calls_per_step"] for r in rows),
+            "busy_s_per_step": sum(r["s_per_step"] for r in rows),
+            "by_class": dict(sorted(classes.items(), key=lambda kv: -kv[1]["s_per_step"])), "top": rows[:30]}
+
+
 @torch.no_grad()
 def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = "auto", seed: int = 0,
-                 kv: KVSpec | None = None) -> dict:
+                 kv: KVSpec | None = None, profile: int = 0) -> dict:
     """Time `tokens` decode steps of `batch` sequences at `context` tokens (module docstring); `kv`: through a
-    graph-mode packed KV cache instead of the StaticCache."""
+    graph-mode packed KV cache instead of the StaticCache; `profile` > 0: then profile that many more steps
+    (`profile_step`) into the record's "profile"."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     device = next(model.parameters()).device
@@ -288,14 +344,14 @@ def decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str = 
         mode = "graph"
     previous_attention = getattr(model.config, "_attn_implementation", None)
     try:
-        return _decode_speed(model, batch, context, tokens, mode, seed, kv, length, ids, cuda, uncompiled)
+        return _decode_speed(model, batch, context, tokens, mode, seed, kv, length, ids, cuda, uncompiled, profile)
     finally:
         if kv is not None and getattr(model.config, "_attn_implementation", None) != previous_attention:
             model.set_attn_implementation(previous_attention)
 
 
 def _decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str, seed: int, kv: KVSpec | None,
-                  length: int, ids: torch.Tensor, cuda: bool, uncompiled: bool) -> dict:
+                  length: int, ids: torch.Tensor, cuda: bool, uncompiled: bool, profile: int = 0) -> dict:
     from nmx.kernels.convert import PATHS
 
     if kv is None:
@@ -373,6 +429,11 @@ def _decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str, 
                    "residual": s0.residual, "backend": s0.backend, "capacity": s0.capacity,
                    "static_cache_kv_bytes_per_step": bytes_per_step(model, batch, length)["kv_cache"]}
     ms = 1e3 * seconds / tokens
+    prof = None
+    if profile:  # after the timing and its checks; the cache is rewound so the profiled steps fit in it
+        _rewind(cache, stores, context)
+        prof = profile_step(run, min(profile, tokens), cuda)
+        prof["idle_s_per_step"] = ms / 1e3 - prof["busy_s_per_step"] if cuda else None
     if uncompiled:
         mode = f"{mode} (packed KV: not compiled)"
     out = {"batch": batch, "context": context, "tokens": tokens, "mode": mode, "kv": kv_info,
@@ -381,6 +442,8 @@ def _decode_speed(model: Any, batch: int, context: int, tokens: int, mode: str, 
            "read_GBps": nbytes["total"] / (ms / 1e3) / 1e9, "compile_s": compile_s or None, "graph_error": graph_error,
            "finite": bool(torch.isfinite(last).all()),  # the last step's logits
            "paths": dict(PATHS)}  # converted layers' eager calls per dispatcher path (warm-up steps)
+    if prof is not None:
+        out["profile"] = prof
     del graph, cache, fn, kw, stores, step
     gc.collect()
     if cuda:
@@ -521,9 +584,10 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
                  run_dir: Path | None = None, batches: tuple[int, ...] = (1, 16), context: int = 2048,
                  tokens: int = 128, mode: str = "auto", allow_cpu: bool = False, backend: str = "auto",
                  progress: Callable[[str], None] | None = None, kv: str | None = None, kv_group: int | None = None,
-                 kv_residual: int = 128) -> dict:
+                 kv_residual: int = 128, profile: int = 0) -> dict:
     """Dense bf16 and compressed, side by side in one run (module docstring), each also through the graph-mode
-    packed KV cache when `kv` is a quantized format. Returns the record."""
+    packed KV cache when `kv` is a quantized format; `profile` > 0: every row also profiles that many steps (what
+    the step's kernels are and how long they run: `profile_step`). Returns the record."""
     say = progress or (lambda msg: log.info("%s", msg))
     if sum(x is not None for x in (model, config, run_dir)) == 0:
         raise InputError("give --model M, --config NAME or --run RUN_DIR")
@@ -533,6 +597,8 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         raise InputError("give --recipe or --run, not both")
     if min(batches, default=0) < 1 or context < 1 or tokens < 1:
         raise InputError("--batch values, --context and --tokens must be at least 1")
+    if isinstance(profile, bool) or not isinstance(profile, int) or profile < 0:
+        raise InputError(f"--profile takes a number of steps >= 0, got {profile!r}")
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
     if config is not None and config not in CONFIGS:
@@ -572,7 +638,8 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
             name = variant if cache_kv is None else f"{variant} {cache_kv.name}"
             for b in batches:
                 say(f"timing {name}, batch {b}")
-                row = {"variant": name, "weights": variant, **decode_speed(m, b, context, tokens, mode, kv=cache_kv)}
+                row = {"variant": name, "weights": variant,
+                       **decode_speed(m, b, context, tokens, mode, kv=cache_kv, profile=profile)}
                 if cuda:
                     row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
                 record["rows"].append(row)
