@@ -105,7 +105,7 @@ def table(summary: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder of the runs and the summary")
     p.add_argument("--model", default="smollm2-135m")
@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--calib-seq-len", type=int, default=512)
     p.add_argument("--block-step", type=float, default=0.05, help="block_greedy's step (default 0.05, TEAL's)")
     p.add_argument("--rows", default=None, help="comma-separated rows to run (default all)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     all_rows = rows(a.block_step)
     wanted = a.rows.split(",") if a.rows else list(all_rows)
     unknown = [r for r in wanted if r not in all_rows]
