@@ -4,8 +4,8 @@
 
 One `nmx run` per row (a separate process each, so one run's memory and threads never touch the next), in
 DIR/<row>/; a row whose folder already holds a result.json is kept, so a stopped run continues where it stopped.
-Rows: dense; TEAL thresholds at 25 / 40 / 50 % (uniform allocation); 40 % with the per-input greedy and with the
-block-wise greedy (TEAL's Algorithm 1, step --block-step); the FFN ReLU-fied without fine-tuning. Hardware for
+Rows: dense; TEAL thresholds at 25 / 40 / 50 % (uniform allocation); 40 % with the per-input greedy; 40 and 50 % with
+the block-wise greedy (TEAL's Algorithm 1, step --block-step); the FFN ReLU-fied without fine-tuning. Hardware for
 every row: h200 (`gpu_impl: ideal`, a GEMV that skips the weight columns of zero inputs) and a 16x16 weight-
 stationary accelerator with and without zero-skipping of bitmap-compressed activations, decode at context 2048,
 batch 1 / 4 / 16. DIR/summary.json and DIR/summary.md hold the table.
@@ -50,6 +50,7 @@ def rows(block_step: float) -> dict[str, dict | None]:
         "teal0.5": teal(0.5),
         "greedy0.4": teal(0.4, allocation="greedy"),
         "block_greedy0.4": teal(0.4, allocation="block_greedy", step=block_step),
+        "block_greedy0.5": teal(0.5, allocation="block_greedy", step=block_step),
         "relu": {"method": "teal", "sparsity": 0.0, "relufication": True},
     }
 
