@@ -162,24 +162,25 @@ def check_llama_through_the_kernels() -> None:
 # ---- in Triton's interpreter --------------------------------------------------------------------------
 
 
+def _in_the_interpreter(check, name: str) -> None:
+    """check(name) here when this process already runs Triton's interpreter, else in a child process that does."""
+    if INTERPRET:
+        check(name)
+        return
+    in_interpreter(f"from tests.kernels.test_kv_graph import {check.__name__}\n{check.__name__}({name!r})\n"
+                   "print('ok')\n")
+
+
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
 @pytest.mark.parametrize("name", list(GRAPH_CASES))
 def test_graph_appends_give_pack_kv_bit_for_bit(name):
-    if INTERPRET:
-        check_graph_invariants(name)
-        return
-    in_interpreter(f"from tests.kernels.test_kv_graph import check_graph_invariants\n"
-                   f"check_graph_invariants({name!r})\nprint('ok')\n")
+    _in_the_interpreter(check_graph_invariants, name)
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
 @pytest.mark.parametrize("name", list(DECODE_CASES))
 def test_fixed_grid_decode_attention_in_the_interpreter(name):
-    if INTERPRET:
-        check_static_decode(name)
-        return
-    in_interpreter(f"from tests.kernels.test_kv_graph import check_static_decode\ncheck_static_decode({name!r})\n"
-                   "print('ok')\n")
+    _in_the_interpreter(check_static_decode, name)
 
 
 @pytest.mark.skipif(not TRITON, reason="triton is not installed")
