@@ -4,6 +4,8 @@
     python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_h200_run6.json [--write-csv]
     python benchmarks/gpu_fit.py --nmx-kernels benchmarks/results/kernels_peers_h100.json --target h100-sxm --write-csv
     python benchmarks/gpu_fit.py --nmx-kv benchmarks/results/kv_append_h100.json       # KV decode attention, H100
+    python benchmarks/gpu_fit.py --cublas benchmarks/results/kernels_peers_h100.json    # cuBLAS GEMV streaming, H100
+    python benchmarks/gpu_fit.py --decode-profile benchmarks/results/decode_profile_h100.json  # HF's small kernels
 
 Minimizes the mean over op classes of the mean |log(predicted / measured)| by coordinate descent
 in log space (multiplicative steps, shrinking), starting from the target's current parameters,
@@ -80,6 +82,9 @@ def loss(t: gpu.GpuTarget, rows: list[dict], power: int = 1) -> float:
 
 
 FIT_SHAPES = ("4096x4096", "11008x4096")
+# the H100's end-to-end decode steps (graph mode) the small-op model is checked on
+E2E_H100 = ("benchmarks/results/decode_kv_int4_h100.json", "benchmarks/results/decode_24int4_kv_int4_h100.json",
+            "benchmarks/results/decode_24nvfp4_kv_int4_h100.json", "benchmarks/results/decode_model_h100_run2.json")
 CASE_FORMATS = {"bf16": None, "mxfp4": "mxfp4", "nvfp4": "nvfp4", "int4_g128": "int4_g128", "fp8_e4m3": "fp8_e4m3",
                 "mxfp8_e4m3": "mxfp8_e4m3"}
 
@@ -264,12 +269,125 @@ def fit_nmx_kv(path: str, target: str = "h100-sxm", e2e: str | None = None) -> d
     return {"kv_decode": fitted.kv_decode, "kv_append": fitted.kv_append}
 
 
+def fit_cublas(path: str, target: str = "h100-sxm") -> float:
+    """bw_eff["gemm"] of a preset from the cuBLAS bf16 rows of benchmarks/kernels_peers.py (CUDA-graph replays,
+    weights streamed from memory, M = 1..64: memory-bound), fitted on FIT_SHAPES (the median |log(pred/meas)|,
+    golden-section search), the other shapes held out."""
+    import json
+    import statistics
+    from dataclasses import replace
+
+    res = json.loads(Path(path).read_text())
+    t = gpu.get_target(target)
+    rows = []
+    for r in res["peers"]:
+        if r["impl"] == "cublas_bf16":
+            n, k = (int(v) for v in r["shape"].split("x"))
+            rows.append((r["shape"], r["m"], n, k, r["time_s"]))
+    if not rows:
+        raise SystemExit(f"{path}: no cublas_bf16 rows")
+
+    def err(eff: float, fit: bool) -> list[float]:
+        x = replace(t, launch_s=t.graph_launch_s, bw_eff={**t.bw_eff, "gemm": eff})
+        return [gpu.gemm(x, m, n, k, "bf16")["latency_s"] / meas - 1 for shape, m, n, k, meas in rows
+                if (shape in FIT_SHAPES) == fit]
+
+    def cost(eff: float) -> float:
+        return statistics.median(abs(math.log1p(e)) for e in err(eff, True))
+
+    lo, hi = 0.3, 1.0
+    for _ in range(60):
+        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+        lo, hi = (lo, b) if cost(a) < cost(b) else (a, hi)
+    eff = float(f"{(lo + hi) / 2:.3g}")
+    print(f"{res.get('device')}, {res.get('date')}: {len(rows)} cuBLAS bf16 rows, M = "
+          f"{min(r[1] for r in rows)}..{max(r[1] for r in rows)}; fit on {', '.join(FIT_SHAPES)}")
+    print(f'  bw_eff["gemm"]: {t.bw_eff["gemm"]} -> {eff}')
+    for label, fit in (("fit", True), ("held out", False)):
+        before, after = err(t.bw_eff["gemm"], fit), err(eff, fit)
+        print(f"  {label:8s} median |pred/meas - 1| {statistics.median(map(abs, before)):.3f} -> "
+              f"{statistics.median(map(abs, after)):.3f} (max {max(map(abs, after)):.3f}, n = {len(after)})")
+    return eff
+
+
+def decode_profile(path: str, target: str = "h100-sxm", e2e: tuple[str, ...] = ()) -> float:
+    """`GpuTarget.graph_kernel_s` from a profiled `nmx bench decode --profile` JSON: checks the kernels transformers'
+    eager forward launches per step against `gpu.HF_EAGER_KERNELS`, solves the one parameter on the bf16 batch-1
+    row, then prints the model's error (small_ops "fused" and "hf") on every other row there and in `e2e` JSONs
+    (held out: nothing was fitted on them)."""
+    import json
+    from dataclasses import replace
+
+    from nmx.hw.workload import Compression, llm_workload
+    t = gpu.get_target(target)
+    d = json.loads(Path(path).read_text())
+
+    def work(rec: dict, r: dict):
+        if "timing" in rec:  # benchmarks/decode_model.py: the variant names the weight format, e.g. "2:4+nvfp4"
+            pattern, _, weights = r["variant"].rpartition("+")
+            comp = Compression(weights=None if weights == "bf16" else weights, pattern=pattern or None)
+            return llm_workload(rec["args"]["config"], "decode", batch=r["batch"], context=rec["args"]["context"],
+                                compression=comp)
+        comp = Compression(weights=rec["compressed"]["weights"] if r["weights"] == "compressed" else None,
+                           pattern=rec["compressed"].get("pattern") if r["weights"] == "compressed" else None,
+                           kv_format="int4_g32" if r["kv"]["format"] == "int4" else None)
+        return llm_workload(rec["model"].split()[-1], "decode", batch=r["batch"], context=rec["context"],
+                            compression=comp)
+
+    def price(x: gpu.GpuTarget, w, small_ops: str) -> dict:
+        return gpu.llm_cost(replace(x, launch_s=x.graph_launch_s), w, impl="nmx", small_ops=small_ops)
+
+    print(f"{d['device']}, {d['model']}, context {d['context']}: kernels per step, from the profile and from "
+          "HF_EAGER_KERNELS")
+    fit_row = None
+    for r in d["rows"]:
+        prof = r["profile"]
+        w = work(d, r)
+        modelled = sum(op.count * gpu.hf_eager_kernels(t, op, "nmx") for op in w.ops if op.kind != "gemm")
+        linears = sum(op.count for op in w.ops if op.kind == "gemm")
+        # cuBLAS's split-K GEMMs add a reduction kernel each: counted as GEMM work, not as small ops
+        splitk = sum(k["calls_per_step"] for k in prof["top"] if "splitkreduce" in k["name"].lower())
+        measured = prof["calls_per_step"] - linears - splitk
+        print(f"  {r['variant']:20s} batch {r['batch']:3d}: {prof['calls_per_step']:.0f} kernels, {linears} GEMMs "
+              f"(+{splitk:.0f} split-K reductions), the rest {measured:.0f} vs {modelled} modelled; idle "
+              f"{(r['ms_per_step'] * 1e-3 - prof['busy_s_per_step']) * 1e6:.0f} us of {r['ms_per_step'] * 1e3:.0f} us")
+        if r["weights"] == "bf16" and r["kv"]["format"] == "bf16" and r["batch"] == 1:
+            fit_row = (r, w)
+    if fit_row is None:
+        raise SystemExit(f"{path}: no bf16 batch-1 row to fit on")
+    r, w = fit_row
+    x0 = replace(t, graph_kernel_s=0.0)
+    extra = sum(op.count * (gpu.hf_eager_kernels(t, op, "nmx") - 1) for op in w.ops)
+    g = (r["ms_per_step"] * 1e-3 - price(x0, w, "hf")["latency_s"]) / extra
+    g = float(f"{g:.3g}")
+    fitted = replace(t, graph_kernel_s=g)
+    print(f"\nfitted on the bf16 batch-1 row ({extra} further kernels per step): graph_kernel_s = {g:.3g}")
+    print("\n| JSON | step | batch | measured ms | small ops fused | small ops as HF launches them |\n"
+          "|---|---|---:|---:|---:|---:|")
+    for name in (path, *e2e):
+        rec = json.loads(Path(name).read_text())
+        for row in rec.get("rows") or rec["timing"]:
+            # graph-mode rows only; a "(tc for 2..64 tokens)" row forced a path the dispatcher did not choose
+            if row.get("mode", "graph") != "graph" or row.get("ms_per_step") is None or "(" in row["variant"]:
+                continue
+            wk = work(rec, row)
+            ms = row["ms_per_step"]
+            a, b = (price(x, wk, so)["latency_s"] * 1e3 for x, so in ((t, "fused"), (fitted, "hf")))
+            tag = " (fit)" if row is r else ""
+            print(f"| {Path(name).name} | {row['variant']}{tag} | {row['batch']} | {ms:.3f} | "
+                  f"{a:.3f} ({a / ms - 1:+.3f}) | {b:.3f} ({b / ms - 1:+.3f}) |")
+    return g
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nmx-kernels", default=None, help="fit impl 'nmx' on a kernels_bench.py JSON instead")
     ap.add_argument("--nmx-kv", default=None, help="fit impl 'nmx''s KV decode attention on a kv_append.py JSON")
     ap.add_argument("--e2e", default="benchmarks/results/decode_kv_int4_h100.json",
                     help="with --nmx-kv: end-to-end decode steps to check the fit on")
+    ap.add_argument("--cublas", default=None, help="fit bw_eff['gemm'] on a kernels_peers.py JSON's cuBLAS rows")
+    ap.add_argument("--decode-profile", default=None,
+                    help="fit graph_kernel_s on an `nmx bench decode --profile` JSON, check on it and on --e2e")
     ap.add_argument("--write-csv", action="store_true")
     ap.add_argument("--measurements", default=None)
     ap.add_argument("--published", nargs="?", const="", default=None,
@@ -277,6 +395,13 @@ def main() -> None:
     ap.add_argument("--target", default="h200")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
+    if args.cublas:
+        fit_cublas(args.cublas, args.target if args.target != "h200" else "h100-sxm")
+        return
+    if args.decode_profile:
+        e2e = tuple(args.e2e.split(",")) if args.e2e and args.e2e != ap.get_default("e2e") else E2E_H100
+        decode_profile(args.decode_profile, args.target if args.target != "h200" else "h100-sxm", e2e)
+        return
     if args.nmx_kv:
         fit_nmx_kv(args.nmx_kv, args.target if args.target != "h200" else "h100-sxm", args.e2e or None)
         return

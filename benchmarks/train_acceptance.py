@@ -3,6 +3,7 @@
 
     python benchmarks/train_acceptance.py --out train_acceptance.json            # an H100: ~8 minutes
     python benchmarks/train_acceptance.py --out /tmp/tiny.json --tiny            # CPU smoke run: tiny random Llama
+    python benchmarks/train_acceptance.py --out train_acceptance.json --plot curves.png   # summary + plot, no training
 
 Runs (names as in the JSON):
   baselines (no training):  dense; one-shot wanda 2:4; one-shot sparsegpt 2:4; one-shot wanda 1:4;
@@ -12,7 +13,8 @@ Runs (names as in the JSON):
   2  srste24_kd                   SR-STE from the dense weights to 2:4, KD
   3  direct14_kd, stepping24to14_kd   1:4 by SR-STE from dense directly, and 2:4 for the first half then 1:4;
                                   beside the one-shot wanda 1:4 baseline (claim to test: stepping beats direct)
-  4  srste24_transposable_kd      run 2 with transposable masks (Wᵀ N:M too: a sparse input-gradient GEMM)
+  4  srste24_transposable_kd,     run 2 with transposable masks (Wᵀ N:M too: a sparse input-gradient GEMM), beside
+     srste24_plain_kd             run 2's plain masks trained in the same call at the same step count
   5  wanda24_mxfp4_qat_kd         one-shot wanda 2:4, then KD fine-tuning through MXFP4 fake quant (STE);
      wanda24_kd_then_mxfp4        the same fine-tuning without the format, quantized once at the end;
                                   beside the no-training prune-then-quantize baseline
@@ -46,6 +48,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def _fail(message: str) -> None:
+    """A user mistake: one line on stderr, exit code 2."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _tiny_model(folder: Path) -> str:
@@ -91,6 +99,8 @@ def plan(a: argparse.Namespace, model: str) -> tuple[dict, dict]:
         "direct14_kd": ("3", {**base, "training": t(method="sr_ste", pattern="1:4")}),
         "stepping24to14_kd": ("3", {**base, "training": t(method="sr_ste", schedule=[
             {"step": 0, "pattern": "2:4"}, {"step": half, "pattern": "1:4"}])}),
+        # group 4 trains its own plain twin, so the two masks see the same steps whatever run 2's step count was
+        "srste24_plain_kd": ("4", {**base, "training": t(method="sr_ste", pattern="2:4")}),
         "srste24_transposable_kd": ("4", {**base, "training": t(method="sr_ste", pattern="2:4", transposable=True)}),
         "wanda24_mxfp4_qat_kd": ("5", {**base, "sparsity": sp("wanda", "2:4"), "quantization": mx,
                                        "training": t(method="fixed")}),
@@ -104,7 +114,7 @@ def plan(a: argparse.Namespace, model: str) -> tuple[dict, dict]:
     return {k: v for k, v in baselines.items() if k in need}, runs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file for the per-run curves and final perplexities")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: a tiny random Llama, a few steps")
@@ -122,7 +132,20 @@ def main() -> None:
     p.add_argument("--runs", default="1,2,3,4,5", help="acceptance groups to run, e.g. 1 or 3,4")
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip what would not finish within this many seconds (estimated from the runs before it)")
-    a = p.parse_args()
+    p.add_argument("--plot", default=None,
+                   help="no training: recompute --out's summary, print it and plot its perplexity-vs-tokens curves")
+    a = p.parse_args(argv)
+    if a.plot:
+        try:
+            record = json.loads(Path(a.out).read_text())
+            record["summary"] = summarize(record)  # derived: recomputed by this version's rules
+            plot(record, Path(a.plot))
+        except (OSError, ValueError, KeyError) as err:
+            _fail(f"{a.out}: cannot plot it ({err})")
+        _write(a.out, record)
+        print(json.dumps(record["summary"], indent=1))
+        print(f"wrote {a.plot}; summary recomputed in {a.out}")
+        return
     tiny = a.tiny
     defaults = dict(device="cpu" if tiny else "auto", steps=6 if tiny else 300, batch=2 if tiny else 8,
                     seq_len=32 if tiny else 512, eval_windows=2 if tiny else 16, eval_seq_len=64 if tiny else 2048,
@@ -147,7 +170,7 @@ def main() -> None:
         model = _tiny_model(work / "tiny-llama") if tiny else a.model
         baselines, runs = plan(a, model)
         record: dict = {
-            "command": " ".join([sys.executable, *sys.argv]),
+            "command": " ".join([sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
@@ -253,10 +276,10 @@ def _continue(path: str, record: dict) -> dict:
     try:
         old = json.loads(out.read_text())
     except (OSError, ValueError) as err:
-        sys.exit(f"{out}: cannot continue it ({err}); remove it or choose another --out")
+        _fail(f"{out}: cannot continue it ({err}); remove it or choose another --out")
     differ = [k for k in SAME if old.get("config", {}).get(k) != record["config"].get(k)]
     if differ:
-        sys.exit(f"{out} was written with other settings ({', '.join(differ)}); remove it or choose another --out")
+        _fail(f"{out} was written with other settings ({', '.join(differ)}); remove it or choose another --out")
     record["baselines"], record["runs"] = old.get("baselines", {}), old.get("runs", {})
     record["earlier_calls"] = old.get("earlier_calls", []) + [
         {k: old.get(k) for k in ("command", "date", "machine", "wall_s", "skipped")}]
@@ -293,14 +316,61 @@ def summarize(r: dict) -> dict:
         out["3_oneshot14_direct14_stepping"] = [b.get("oneshot_wanda14", {}).get("perplexity"), ppl("direct14_kd"),
                                                 ppl("stepping24to14_kd")]
         out["3_stepping_beats_direct"] = ppl("stepping24to14_kd") < ppl("direct14_kd")
-    if "srste24_transposable_kd" in runs and "srste24_kd" in runs:
-        out["4_transposable_over_plain_ppl_ratio"] = ppl("srste24_transposable_kd") / ppl("srste24_kd")
+    if "srste24_transposable_kd" in runs:
+        # only against a plain SR-STE run of the same step count (the same tokens and learning-rate schedule)
+        steps = runs["srste24_transposable_kd"].get("steps")
+        plain = next((n for n in ("srste24_plain_kd", "srste24_kd") if n in runs and runs[n].get("steps") == steps),
+                     None)
+        out["4_transposable_over_plain_ppl_ratio"] = (None if plain is None else
+                                                      ppl("srste24_transposable_kd") / ppl(plain))
     if "wanda24_mxfp4_qat_kd" in runs:
         out["5_qat_vs_train_then_quantize_vs_prune_then_quantize"] = [
             ppl("wanda24_mxfp4_qat_kd"), ppl("wanda24_kd_then_mxfp4"),
             b.get("oneshot_wanda24_mxfp4", {}).get("perplexity")]
     out["dense"] = dense
     return out
+
+
+def plot(record: dict, path: Path) -> None:
+    """Evaluation perplexity against training tokens, one panel per acceptance group (a star: the final model), the
+    one-shot baselines and dense as horizontal lines (log scale: the 1:4 runs start in the thousands)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b, runs = record["baselines"], record["runs"]
+    tokens_per_step = record["config"]["batch"] * record["config"]["seq_len"]
+    panels = {"1-2: 2:4": ["wanda24_kd", "sparsegpt24_kd", "srste24_kd"],
+              "3: 1:4": ["direct14_kd", "stepping24to14_kd"],
+              "4: transposable": ["srste24_plain_kd", "srste24_transposable_kd"],
+              "5: 2:4 + MXFP4": ["wanda24_mxfp4_qat_kd", "wanda24_kd_then_mxfp4"]}
+    lines = {"1-2: 2:4": ["oneshot_wanda24", "oneshot_sparsegpt24"], "3: 1:4": ["oneshot_wanda14"],
+             "5: 2:4 + MXFP4": ["oneshot_wanda24_mxfp4"]}
+    shown = [k for k, names in panels.items() if any(n in runs for n in names)]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], shown, strict=True):
+        for name in panels[key]:
+            if name in runs:
+                r = runs[name]
+                pts = [(c["step"] * tokens_per_step / 1e6, c["eval_perplexity"]) for c in r["eval_curve"]]
+                line, = ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+                # the final model (for train-then-quantize: after the quantization the curve does not include)
+                ax.plot(r["tokens"] / 1e6, r["final_perplexity"], marker="*", ms=12, color=line.get_color())
+        for i, name in enumerate(["dense", *lines.get(key, [])]):
+            if name in b:
+                ax.axhline(b[name]["perplexity"], color=f"C{7 + i % 3}", ls="--", lw=1,
+                           label=f"{name} {b[name]['perplexity']:.4g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("training tokens (M)")
+        ax.set_title(key)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("WikiText-2 perplexity")
+    fig.suptitle(f"{record['config']['model']}: N:M training ({(record.get('machine') or {}).get('gpu') or 'CPU'})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

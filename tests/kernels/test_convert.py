@@ -430,6 +430,11 @@ def test_bench_decode_profile_counts_each_step_once(tmp_path, capsys, monkeypatc
     assert sum(c["calls_per_step"] for c in one["by_class"].values()) == pytest.approx(one["calls_per_step"])
     assert kernel_class("_gemv1_kernel") == "nmx linear" and kernel_class("_kv_decode_kernel") == "nmx KV attention"
     assert kernel_class("sm90_xmma_gemm_bf16bf16_bf16f32") == "cuBLAS / cuSPARSELt GEMM"
+    # names from an H100 profile: cuDNN's SDPA kernels carry sm80_ too and are attention, not GEMMs
+    assert kernel_class("cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16_knob_35_16x128x128") == \
+        "SDPA attention"
+    assert kernel_class("void cudnn::fusion::lean_reduction_kernel<false, false, false>(void*)") == "SDPA attention"
+    assert kernel_class("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT") == "cuBLAS / cuSPARSELt GEMM"
     assert kernel_class("void at::native::vectorized_elementwise_kernel<4>") == "elementwise"
     code, _, err = run_cli(["bench", "decode", "--config", "tiny", "--profile", "-1", "--allow-cpu"], capsys,
                            monkeypatch)

@@ -201,6 +201,11 @@ def register(hw_app: typer.Typer) -> None:
                                                 help="Override: KV-cache format (default bf16)."),
         impl: str = typer.Option("pytorch", "--impl", metavar="IMPL",
                                  help="pytorch, ideal or nmx (nmx's own kernels as measured)."),
+        small_ops: str = typer.Option("fused", "--small-ops", metavar="HOW",
+                                      help="fused (one kernel per norm, activation and attention, as a serving "
+                                           "engine runs them) or hf (the kernels transformers' eager forward "
+                                           "launches, replayed from a CUDA graph: the step `nmx bench decode` "
+                                           "times)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Per-op latency table and totals of one prefill or decode step of an LLM."""
@@ -218,7 +223,7 @@ def register(hw_app: typer.Typer) -> None:
                 overrides["kv_policy"] = None
             comp = replace(comp, layer_bits=(), **overrides)  # the real per-layer bits no longer apply
         work = llm_workload(model, phase, batch=batch, tokens=tokens, context=context, compression=comp)
-        cost = llm_cost(_gpu(target, impl), work, impl)
+        cost = llm_cost(_gpu(target, impl), work, impl, small_ops)
         if as_json:
             _echo_json(cost)
             return

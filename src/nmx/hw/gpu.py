@@ -101,6 +101,9 @@ class GpuTarget:
     # fused attention's tile (query rows x key columns a program computes at once: FlashAttention-2's forward
     # for head_dim 128 on sm80/sm90 is 128 x 64); a causal mask's diagonal tiles are computed whole
     attention_tile: tuple[int, int] = (128, 64)
+    # each further kernel of an op that transformers' eager forward splits into several (`HF_EAGER_KERNELS`),
+    # replayed from a CUDA graph: its run time plus the gap to the next; None: kernel_gap_s
+    graph_kernel_s: float | None = None
     calibration: str = "uncalibrated: generic defaults"
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
@@ -148,15 +151,26 @@ _H200_FIT: dict[str, Any] = dict(
 # held-out 4096x11008, 1024x4096, 14336x4096, 4096x14336: median 5.2 %, max 16 %)
 _H100_FIT: dict[str, Any] = {
     **_H200_FIT, "graph_launch_s": 2.71e-6,
+    # cuBLAS bf16 at M = 1..64 streams its weights at 0.879 of the H100's datasheet bandwidth (the H200's fit, 0.723,
+    # was 18 % pessimistic here): `python benchmarks/gpu_fit.py --cublas benchmarks/results/kernels_peers_h100.json`
+    # (2026-12-07; fit on 4096x4096 and 11008x4096: median error 1.8 %; held-out 4 shapes: median 3.2 %, max 14 %)
+    "bw_eff": {**_H200_FIT["bw_eff"], "gemm": 0.879},
+    # each further kernel of transformers' eager forward in a CUDA graph (llm_cost's small_ops="hf"): solved on the
+    # bf16 batch-1 step of a Llama-2-7B decode profile, checked on 36 other end-to-end steps (batch 1 and 16, int4 /
+    # nvfp4 / mxfp4 / fp8 / 2:4 weights, bf16 and int4 KV: error -7.1 % .. +5.4 %, against -38 % .. -13 % with one
+    # kernel per op): `python benchmarks/gpu_fit.py --decode-profile benchmarks/results/decode_profile_h100.json`
+    "graph_kernel_s": 1.41e-6,
     # nmx's int4 KV decode attention and append, graph mode, Llama-2-7B heads at context 2048, batch 1 and 16:
     # `python benchmarks/gpu_fit.py --nmx-kv benchmarks/results/kv_append_h100.json` (two rows, two parameters each:
     # an exact solve, checked on the end-to-end steps of benchmarks/results/decode_kv_int4_h100.json)
     "kv_decode": {"int4": (9.29e-06, 0.489)}, "kv_append": {"int4": (1.94e-06, 1.16e-07)},
     "decode_s_per_weight": {
         "gemv:e2m1.e8m0": 2.94e-13, "gemv:e2m1.e8m0+24": 3.32e-13, "gemv:e2m1.ue4m3": 3.27e-13,
-        "gemv:e2m1.ue4m3+24": 4.14e-13, "gemv:e4m3": 3.92e-13, "gemv:int4.fp16": 2.21e-13, "gemv:int4.fp16+24": 2.9e-13},
-    "calibration": "cuBLAS and memory: the H200's fit (same chip, HBM3 at 3.35 TB/s); nmx's kernels: measured on an "
-                   "H100 (src/nmx/hw/data/h100_nmx_kernels.csv, the dispatch table of nmx.kernels)"}
+        "gemv:e2m1.ue4m3+24": 4.14e-13, "gemv:e4m3": 3.92e-13, "gemv:int4.fp16": 2.21e-13,
+        "gemv:int4.fp16+24": 2.9e-13},
+    "calibration": "compute, launch and memory: the H200's fit (same chip, HBM3 at 3.35 TB/s); cuBLAS's weight "
+                   "streaming and nmx's kernels: measured on an H100 (benchmarks/results/kernels_peers_h100.json, "
+                   "src/nmx/hw/data/h100_nmx_kernels.csv, the dispatch table of nmx.kernels)"}
 
 # the decode rates of nmx's kernels are per SM and clock: they do not carry over to another chip
 _UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {}, "dispatch_table": None,
@@ -166,8 +180,9 @@ _UNCALIBRATED = {**_H200_FIT, "decode_s_per_weight": {}, "dispatch_table": None,
 # fitted on published, measured A100 numbers (the `fit` rows of src/nmx/hw/data/a100_published.csv, every row with
 # its source) by `python benchmarks/gpu_fit.py --published --target a100-80gb --rounds 10`; docs/gpu_validation.md
 # has the held-out errors (median 13.9 % GEMM, 6.2 % fused attention with causal attention priced on whole tiles,
-# 1.4 % bf16 decode step: the GEMM class misses the 10 % target, see there why). Everything else (launch and ramp costs, norms,
-# attention's and elementwise bandwidth, 2:4, int8/tf32 rates) is still the H200's, not validated on an A100.
+# 1.4 % bf16 decode step: the GEMM class misses the 10 % target, see there why). Everything else (launch and ramp
+# costs, norms, attention's and elementwise bandwidth, 2:4, int8/tf32 rates) is still the H200's, not validated on
+# an A100.
 _A100_FIT: dict[str, Any] = {
     **_UNCALIBRATED, "flops_eff": {**_H200_FIT["flops_eff"], "bf16": 0.753}, "attention_flops_eff": 0.545,
     "bw_eff": {**_H200_FIT["bw_eff"], "gemm": 0.869},
@@ -432,13 +447,53 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
     return elementwise(target, op.kind, rows, width, op.bytes)
 
 
-def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch") -> dict[str, Any]:
-    """Per-op latencies of a workload step and its totals (latency, tokens/s, bytes, bound)."""
+# The kernels transformers' eager Llama forward launches per op of nmx.hw.workload, where the model otherwise prices one
+# fused kernel: RMSNorm 8 (fp32 cast, pow, mean, + eps, rsqrt, multiply, bf16 cast, x weight) and the residual add
+# before it; the MLP activation 2 (SiLU, x up); attention 20 with transformers' StaticCache (rotary embedding 10:
+# 4 multiplies, 2 adds, 2 negations, 2 concatenations for q and k; the cache write 2 index copies and 2 fills;
+# position / mask arithmetic 4; cuDNN's fused attention 2) and 17 with nmx's packed KV cache (its decode, reduce and
+# append kernels instead of the SDPA pair and the index copies). Read off the kernel names of an H100 profile of a
+# Llama-2-7B decode step (`nmx bench decode --profile`); the per-step sums are checked against that profile by
+# `python benchmarks/gpu_fit.py --decode-profile benchmarks/results/decode_profile_h100.json`.
+HF_EAGER_KERNELS = {"norm": 9, "activation": 2, "attention": 20, "attention_packed_kv": 17}
+SMALL_OPS = ("fused", "hf")
+
+
+def hf_eager_kernels(t: GpuTarget, op: Any, impl: str) -> int:
+    """How many kernels transformers' eager forward launches for `op` (1: an op it runs as one kernel)."""
+    if op.kind == "attention" and impl == "nmx" and nmx_kv_key(op.kv_format) in t.kv_decode:
+        return HF_EAGER_KERNELS["attention_packed_kv"]
+    return HF_EAGER_KERNELS.get(op.kind, 1)
+
+
+def hf_eager_extra_s(t: GpuTarget, op: Any, impl: str) -> float:
+    """What an op costs beyond the one kernel the model prices when transformers' eager forward runs it as several,
+    replayed from a CUDA graph: each further kernel's fixed cost plus one pass (read and write) over the op's output."""
+    extra = hf_eager_kernels(t, op, impl) - 1
+    if extra <= 0:
+        return 0.0
+    per_kernel = t.graph_kernel_s if t.graph_kernel_s is not None else t.kernel_gap_s
+    return extra * (per_kernel + t.memory_s(2.0 * op.bytes_written, "elementwise"))
+
+
+def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch", small_ops: str = "fused"
+             ) -> dict[str, Any]:
+    """Per-op latencies of a workload step and its totals (latency, tokens/s, bytes, bound).
+
+    `small_ops`: "fused" prices each norm, activation and attention as the one kernel a serving engine launches;
+    "hf" as the several kernels transformers' eager forward launches (`HF_EAGER_KERNELS`), replayed from a CUDA
+    graph -- the step `nmx bench decode` times."""
+    if small_ops not in SMALL_OPS:
+        raise InputError(f"small_ops (--small-ops) must be one of {', '.join(SMALL_OPS)}, got {small_ops!r}")
     t = get_target(target)
+    if small_ops == "hf":  # the step replayed from a CUDA graph: every kernel's launch is a graph replay's
+        t = replace(t, launch_s=t.graph_launch_s)
     rows, total, skipped = [], 0.0, 0.0
     by_bound: dict[str, float] = {}
     for op in workload.ops:
         r = op_latency(t, op, impl)
+        if small_ops == "hf":
+            r = {**r, "latency_s": r["latency_s"] + hf_eager_extra_s(t, op, impl)}
         lat = r["latency_s"] * op.count
         total += lat
         by_bound[r["bound"]] = by_bound.get(r["bound"], 0.0) + lat
@@ -450,7 +505,7 @@ def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch") -> d
     tokens = workload.batch * workload.tokens
     summary = workload.summary()
     summary["bytes_read"] -= skipped
-    return {"target": t.name, "calibration": t.calibration, "impl": impl, **summary,
+    return {"target": t.name, "calibration": t.calibration, "impl": impl, "small_ops": small_ops, **summary,
             "skipped_weight_bytes": skipped, "latency_s": total, "tokens_per_s": tokens / total,
             "bound": max(by_bound, key=by_bound.get),
             "latency_by_bound_s": by_bound, "ops": rows}

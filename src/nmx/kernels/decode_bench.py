@@ -268,8 +268,9 @@ def _packed_step(fn: Any, ids: torch.Tensor, kw: dict) -> Callable[[], torch.Ten
 KERNEL_CLASSES = (
     ("nmx linear", ("_gemv1_kernel", "_dot_kernel", "_tc_kernel")),
     ("nmx KV attention", ("_kv_decode_kernel", "_kv_reduce_kernel", "_kv_static_append_kernel", "_kv_int_pack")),
+    # before the GEMMs: cuDNN's fused attention kernels carry sm80_ / sm90_ in their names too
+    ("SDPA attention", ("sdpa", "flash", "attention", "fmha", "softmax", "cudnn")),
     ("cuBLAS / cuSPARSELt GEMM", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_")),
-    ("SDPA attention", ("flash", "attention", "fmha", "softmax")),
     ("norm", ("norm",)),
     ("copy / fill", ("copy", "memcpy", "memset", "fill", "cat", "index")),
     ("elementwise", ("elementwise", "vectorized", "unrolled", "triton_poi", "triton_per", "reduce")),
