@@ -17,6 +17,7 @@ from rich.console import Console
 import nmx
 from nmx.errors import NmxError
 
+
 def _plain_argument_usage() -> None:
     """Typer 0.29 prints arguments as `{RECIPE}`, `{FORMAT...}...` and `RECIPE <path>`; nmx's help
     reads like other Unix tools: `RECIPE`, `FORMAT...`, `[RESULT_DIR]...`."""
@@ -449,6 +450,10 @@ def bench_decode_cmd(
     profile: int = typer.Option(0, "--profile", metavar="STEPS",
                                 help="Also profile STEPS steps of every row: its kernels by class, calls and "
                                      "device time per step (into the JSON; a table with --out/--json omitted)."),
+    small_ops: str = typer.Option("hf", "--small-ops", metavar="HOW",
+                                  help="hf (transformers' own norms, activation and rotary embedding), fused "
+                                       "(nmx.kernels.fuse_small_ops: one kernel each) or both (every model timed "
+                                       "both ways, rows '... fused-ops')."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.json", help="Also write the record as JSON."),
     allow_cpu: bool = typer.Option(False, "--allow-cpu", help="Without a GPU: a slow eager smoke run on the CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
@@ -474,7 +479,7 @@ def bench_decode_cmd(
     with target if target is not None else _nothing() as tmp:
         record = bench_decode(model, config, recipe, run_dir, batches, context, tokens, mode, allow_cpu,
                               progress=lambda msg: typer.echo(msg, err=True), kv=kv, kv_group=kv_group,
-                              kv_residual=kv_residual, profile=profile)
+                              kv_residual=kv_residual, profile=profile, small_ops=small_ops)
         if tmp is not None:
             from nmx.io import write_json_atomic
 

@@ -411,6 +411,23 @@ def test_bench_decode_cpu_smoke(tmp_path, capsys, monkeypatch):
     assert "compressed  batch   2" in text
 
 
+def test_bench_decode_small_ops_both_times_each_model_both_ways(tmp_path, capsys, monkeypatch):
+    """--small-ops both: every model timed with transformers' small ops, then fused (rows "... fused-ops"), and the
+    compressed model of a --config run (the same module, converted) starts unfused again."""
+    out = tmp_path / "b.json"
+    code, _, err = run_cli(["bench", "decode", "--config", "tiny", "--weights", "int4_g128", "--batch", "1",
+                            "--context", "8", "--tokens", "2", "--allow-cpu", "--small-ops", "both", "--out", str(out)],
+                           capsys, monkeypatch)
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    assert [(r["variant"], r["small_ops"]) for r in rec["rows"]] == [
+        ("bf16", "hf"), ("bf16 fused-ops", "fused"), ("compressed", "hf"), ("compressed fused-ops", "fused")]
+    assert rec["fused_small_ops"]["norms"] > 0 and rec["fused_small_ops"]["rotary"] > 0
+    code, _, err = run_cli(["bench", "decode", "--config", "tiny", "--small-ops", "all", "--allow-cpu"], capsys,
+                           monkeypatch)
+    assert code == 2 and "--small-ops" in err
+
+
 def test_bench_decode_profile_counts_each_step_once(tmp_path, capsys, monkeypatch):
     """--profile N: every row gets the operators (kernels on a GPU) of one step, by class; the calls per step do
     not depend on how many steps were profiled."""

@@ -15,6 +15,7 @@ torch); `triton_gemv.py` (one token) and `triton_tc.py` (1 .. 64 tokens) the Tri
     convert(model, "int4_g128")          # every targeted nn.Linear -> PackedLinearModule (convert.py)
     convert_recipe(model, recipe, masks) # exactly what `nmx run` applied; `nmx run --kernels` scores it
     packed_kv_from_cache(cache.layers[i])  # an nmx.kv cache layer in the attention kernel's layout
+    fuse_small_ops(model)                # RMSNorm, SiLU x up, rotary embedding: one kernel each (small_ops.py)
 """
 
 from nmx.kernels.convert import ConvertReport, PackedLinearModule, convert, convert_recipe
@@ -26,8 +27,9 @@ from nmx.kernels.kv_convert import packed_kv_from_cache
 from nmx.kernels.kv_layout import PackedKV, dequantize_kv, pack_kv, random_packed_kv
 from nmx.kernels.layout import PackedLinear, kernel_format, pack
 from nmx.kernels.reference import decode_weight, linear_reference
+from nmx.kernels.small_ops import fuse_small_ops
 
 __all__ = ["PackedLinear", "pack", "linear", "kernel_format", "decode_weight", "linear_reference", "fake_quant",
            "fake_quant_reference", "fake_quant_formats", "PackedKV", "pack_kv", "dequantize_kv", "random_packed_kv",
            "decode_attention", "decode_attention_reference", "convert", "convert_recipe", "PackedLinearModule",
-           "ConvertReport", "packed_kv_from_cache"]
+           "ConvertReport", "packed_kv_from_cache", "fuse_small_ops"]

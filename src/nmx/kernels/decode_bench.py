@@ -5,6 +5,7 @@
     nmx bench decode --run RUN_DIR                               # a `nmx run --save-model` folder
     nmx bench decode --config llama-2-7b --weights int4_g128 --kv int4   # + rows with nmx's packed int4 KV cache
     nmx bench decode --config llama-2-7b --weights int4_g128 --profile 3 # + each row's kernels, by class
+    nmx bench decode --config llama-2-7b --weights int4_g128 --small-ops both  # + rows with fuse_small_ops
 
 Both models run the same code: the transformers model's forward with a `StaticCache` of
 context + tokens (+ a few) slots, one new token per sequence per step, greedy (the argmax feeds the next
@@ -74,6 +75,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
 }
+SMALL_OPS = ("hf", "fused", "both")
 MODES = ("auto", "compile", "graph", "eager")
 SLACK = 8  # cache slots beyond context + tokens (warm-up steps write there before the length is reset)
 #: KV formats the graph-mode packed cache takes (its Triton append packs them; the decode kernel reads them)
@@ -585,10 +587,12 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
                  run_dir: Path | None = None, batches: tuple[int, ...] = (1, 16), context: int = 2048,
                  tokens: int = 128, mode: str = "auto", allow_cpu: bool = False, backend: str = "auto",
                  progress: Callable[[str], None] | None = None, kv: str | None = None, kv_group: int | None = None,
-                 kv_residual: int = 128, profile: int = 0) -> dict:
+                 kv_residual: int = 128, profile: int = 0, small_ops: str = "hf") -> dict:
     """Dense bf16 and compressed, side by side in one run (module docstring), each also through the graph-mode
     packed KV cache when `kv` is a quantized format; `profile` > 0: every row also profiles that many steps (what
-    the step's kernels are and how long they run: `profile_step`). Returns the record."""
+    the step's kernels are and how long they run: `profile_step`); `small_ops` "fused" times every model after
+    `fuse_small_ops` (one kernel per RMSNorm, SiLU x up and rotary embedding), "both" each model both ways, the
+    fused rows named "... fused-ops". Returns the record."""
     say = progress or (lambda msg: log.info("%s", msg))
     if sum(x is not None for x in (model, config, run_dir)) == 0:
         raise InputError("give --model M, --config NAME or --run RUN_DIR")
@@ -602,6 +606,8 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         raise InputError(f"--profile takes a number of steps >= 0, got {profile!r}")
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
+    if small_ops not in SMALL_OPS:
+        raise InputError(f"unknown --small-ops {small_ops!r}: use one of {', '.join(SMALL_OPS)}")
     if config is not None and config not in CONFIGS:
         raise InputError(f"unknown --config {config!r}: use one of {', '.join(CONFIGS)}")
     if run_dir is not None and config is not None:
@@ -634,16 +640,24 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         record["copy_GBps"] = copy_bandwidth(device) / 1e9
 
     def time_all(m: Any, variant: str) -> None:
+        from nmx.kernels.small_ops import fuse_small_ops, unfuse_small_ops
+
         check_kv_model(m.config, kv_choice)
-        for cache_kv in (None, kv_choice) if kv_choice is not None else (None,):
-            name = variant if cache_kv is None else f"{variant} {cache_kv.name}"
-            for b in batches:
-                say(f"timing {name}, batch {b}")
-                row = {"variant": name, "weights": variant,
-                       **decode_speed(m, b, context, tokens, mode, kv=cache_kv, profile=profile)}
-                if cuda:
-                    row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
-                record["rows"].append(row)
+        for ops in ("hf", "fused") if small_ops == "both" else (small_ops,):
+            if ops == "fused":
+                record.setdefault("fused_small_ops", fuse_small_ops(m))
+            for cache_kv in (None, kv_choice) if kv_choice is not None else (None,):
+                name = variant if cache_kv is None else f"{variant} {cache_kv.name}"
+                name += " fused-ops" if small_ops == "both" and ops == "fused" else ""
+                for b in batches:
+                    say(f"timing {name}, batch {b}")
+                    row = {"variant": name, "weights": variant, "small_ops": ops,
+                           **decode_speed(m, b, context, tokens, mode, kv=cache_kv, profile=profile)}
+                    if cuda:
+                        row["fraction_of_copy_bandwidth"] = row["read_GBps"] / record["copy_GBps"]
+                    record["rows"].append(row)
+            if ops == "fused":
+                unfuse_small_ops(m)  # the next model (a config's is this one, converted) starts as loaded
 
     # dense bf16
     if config is not None:
@@ -659,8 +673,11 @@ def bench_decode(model: str | None = None, config: str | None = None, recipe: An
         record["model"] = spec
     time_all(dense, "bf16")
 
-    def speedups() -> None:
-        base = {r["batch"]: r["tokens_per_s"] for r in record["rows"] if r["variant"] == "bf16"}
+    def speedups() -> None:  # against the first bf16 row of each batch (transformers' own ops where timed)
+        base: dict[int, float] = {}
+        for r in record["rows"]:
+            if r["weights"] == "bf16" and r["variant"] in ("bf16", "bf16 fused-ops"):
+                base.setdefault(r["batch"], r["tokens_per_s"])
         for r in record["rows"]:
             r["speedup_vs_bf16"] = r["tokens_per_s"] / base[r["batch"]]
 
