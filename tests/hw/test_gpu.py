@@ -286,6 +286,11 @@ def test_hf_small_ops_by_hand_and_refused_names():
     # 40 kernels a layer outside the GEMMs (the H100 profile counted 40.7)
     per_layer = sum(gpu.hf_eager_kernels(t, op, "pytorch") * op.count for op in w.ops if op.kind != "gemm") / 32
     assert 39.5 < per_layer < 41
+    # after nmx's fusion (one kernel per norm, activation, rotary embedding) 16 a layer are left, and the step is faster
+    fused = gpu.llm_cost(t, w, "pytorch", small_ops="hf-fused")
+    assert sum(gpu.hf_eager_kernels(t, op, "pytorch", "hf-fused") * op.count for op in w.ops
+               if op.kind != "gemm") / 32 == pytest.approx(16, abs=0.2)
+    assert fused["latency_s"] < hf["latency_s"]
     with pytest.raises(InputError, match="small-ops"):
         gpu.llm_cost(t, w, small_ops="eager")
 

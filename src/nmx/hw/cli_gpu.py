@@ -203,9 +203,9 @@ def register(hw_app: typer.Typer) -> None:
                                  help="pytorch, ideal or nmx (nmx's own kernels as measured)."),
         small_ops: str = typer.Option("fused", "--small-ops", metavar="HOW",
                                       help="fused (one kernel per norm, activation and attention, as a serving "
-                                           "engine runs them) or hf (the kernels transformers' eager forward "
+                                           "engine runs them), hf (the kernels transformers' eager forward "
                                            "launches, replayed from a CUDA graph: the step `nmx bench decode` "
-                                           "times)."),
+                                           "times) or hf-fused (the same after nmx.kernels.fuse_small_ops)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Per-op latency table and totals of one prefill or decode step of an LLM."""

@@ -448,28 +448,34 @@ def op_latency(target: str | GpuTarget, op: Any, impl: str = "pytorch") -> dict[
 
 
 # The kernels transformers' eager Llama forward launches per op of nmx.hw.workload, where the model otherwise prices one
-# fused kernel: RMSNorm 8 (fp32 cast, pow, mean, + eps, rsqrt, multiply, bf16 cast, x weight) and the residual add
-# before it; the MLP activation 2 (SiLU, x up); attention 20 with transformers' StaticCache (rotary embedding 10:
+# fused kernel ("hf"): RMSNorm 8 (fp32 cast, pow, mean, + eps, rsqrt, multiply, bf16 cast, x weight) and the residual
+# add before it; the MLP activation 2 (SiLU, x up); attention 20 with transformers' StaticCache (rotary embedding 10:
 # 4 multiplies, 2 adds, 2 negations, 2 concatenations for q and k; the cache write 2 index copies and 2 fills;
 # position / mask arithmetic 4; cuDNN's fused attention 2) and 17 with nmx's packed KV cache (its decode, reduce and
 # append kernels instead of the SDPA pair and the index copies). Read off the kernel names of an H100 profile of a
 # Llama-2-7B decode step (`nmx bench decode --profile`); the per-step sums are checked against that profile by
 # `python benchmarks/gpu_fit.py --decode-profile benchmarks/results/decode_profile_h100.json`.
-HF_EAGER_KERNELS = {"norm": 9, "activation": 2, "attention": 20, "attention_packed_kv": 17}
-SMALL_OPS = ("fused", "hf")
+# "hf-fused": the same forward after `nmx.kernels.fuse_small_ops` (one kernel for each RMSNorm, SiLU x up and rotary
+# embedding; the residual adds, the cache write and the position arithmetic stay): a prediction, not yet measured.
+SMALL_OP_KERNELS = {"hf": {"norm": 9, "activation": 2, "attention": 20, "attention_packed_kv": 17},
+                    "hf-fused": {"norm": 2, "activation": 1, "attention": 11, "attention_packed_kv": 8}}
+HF_EAGER_KERNELS = SMALL_OP_KERNELS["hf"]
+SMALL_OPS = ("fused", *SMALL_OP_KERNELS)
 
 
-def hf_eager_kernels(t: GpuTarget, op: Any, impl: str) -> int:
-    """How many kernels transformers' eager forward launches for `op` (1: an op it runs as one kernel)."""
+def hf_eager_kernels(t: GpuTarget, op: Any, impl: str, small_ops: str = "hf") -> int:
+    """How many kernels transformers' forward (`small_ops` "hf", or "hf-fused" after nmx's fusion) launches for
+    `op` (1: an op it runs as one kernel)."""
+    counts = SMALL_OP_KERNELS[small_ops]
     if op.kind == "attention" and impl == "nmx" and nmx_kv_key(op.kv_format) in t.kv_decode:
-        return HF_EAGER_KERNELS["attention_packed_kv"]
-    return HF_EAGER_KERNELS.get(op.kind, 1)
+        return counts["attention_packed_kv"]
+    return counts.get(op.kind, 1)
 
 
-def hf_eager_extra_s(t: GpuTarget, op: Any, impl: str) -> float:
-    """What an op costs beyond the one kernel the model prices when transformers' eager forward runs it as several,
+def hf_eager_extra_s(t: GpuTarget, op: Any, impl: str, small_ops: str = "hf") -> float:
+    """What an op costs beyond the one kernel the model prices when transformers' forward runs it as several,
     replayed from a CUDA graph: each further kernel's fixed cost plus one pass (read and write) over the op's output."""
-    extra = hf_eager_kernels(t, op, impl) - 1
+    extra = hf_eager_kernels(t, op, impl, small_ops) - 1
     if extra <= 0:
         return 0.0
     per_kernel = t.graph_kernel_s if t.graph_kernel_s is not None else t.kernel_gap_s
@@ -481,19 +487,19 @@ def llm_cost(target: str | GpuTarget, workload: Any, impl: str = "pytorch", smal
     """Per-op latencies of a workload step and its totals (latency, tokens/s, bytes, bound).
 
     `small_ops`: "fused" prices each norm, activation and attention as the one kernel a serving engine launches;
-    "hf" as the several kernels transformers' eager forward launches (`HF_EAGER_KERNELS`), replayed from a CUDA
-    graph -- the step `nmx bench decode` times."""
+    "hf" as the several kernels transformers' eager forward launches (`SMALL_OP_KERNELS`), replayed from a CUDA
+    graph -- the step `nmx bench decode` times; "hf-fused" the same after `nmx.kernels.fuse_small_ops`."""
     if small_ops not in SMALL_OPS:
         raise InputError(f"small_ops (--small-ops) must be one of {', '.join(SMALL_OPS)}, got {small_ops!r}")
     t = get_target(target)
-    if small_ops == "hf":  # the step replayed from a CUDA graph: every kernel's launch is a graph replay's
+    if small_ops != "fused":  # the step replayed from a CUDA graph: every kernel's launch is a graph replay's
         t = replace(t, launch_s=t.graph_launch_s)
     rows, total, skipped = [], 0.0, 0.0
     by_bound: dict[str, float] = {}
     for op in workload.ops:
         r = op_latency(t, op, impl)
-        if small_ops == "hf":
-            r = {**r, "latency_s": r["latency_s"] + hf_eager_extra_s(t, op, impl)}
+        if small_ops != "fused":
+            r = {**r, "latency_s": r["latency_s"] + hf_eager_extra_s(t, op, impl, small_ops)}
         lat = r["latency_s"] * op.count
         total += lat
         by_bound[r["bound"]] = by_bound.get(r["bound"], 0.0) + lat
