@@ -52,6 +52,7 @@ GRAPH_CASES = {
     "int4-g16-r40-bf16": ("int4", 16, 40, torch.bfloat16),  # the shift in 3 pieces, the last one partial
     "int2-g16-r8-fp16": ("int2", 16, 8, torch.float16),
     "bf16-r24-fp32": ("bf16", None, 24, torch.float32),
+    "fp8-g16-r24-bf16": ("fp8_e4m3", 16, 24, torch.bfloat16),  # saturation and subnormals inside
 }
 GPU_GRAPH_CASES = {"int4-g32-r128-bf16-d128": ("int4", 32, 128, torch.bfloat16)}  # the bench's shape (D = 128)
 CUDA = torch.cuda.is_available()
@@ -77,6 +78,9 @@ def check_graph_invariants(name: str, device: str = "cpu") -> None:
     width = res + (g or 0)
     total = width + (g or 16) + 2  # two flushes
     k, v = kv(b, h, total, d, seed=len(name))
+    if kf == "fp8_e4m3":  # beyond e4m3's range (saturates to 448) and below its normals (pack_kv refuses NaN / Inf)
+        k[..., 0] *= 1000.0
+        v[..., 1] *= 1e-3
     k, v = k.to(dtype).to(device), v.to(dtype).to(device)
 
     def same(cache, n):
@@ -114,7 +118,7 @@ def check_graph_invariants(name: str, device: str = "cpu") -> None:
 
 
 DECODE_CASES = {"int4-g16-r16-gqa2": ("int4", 16, 16, 4), "int2-g16-r0-gqa3": ("int2", 16, 0, 6),
-                "bf16-gqa2": ("bf16", None, 8, 4)}
+                "bf16-gqa2": ("bf16", None, 8, 4), "fp8-g16-r16-gqa2": ("fp8_e4m3", 16, 16, 4)}
 
 
 def check_static_decode(name: str, device: str = "cpu") -> None:
@@ -193,7 +197,8 @@ def test_llama_through_the_graph_kernels_in_the_interpreter():
 
 
 @pytest.mark.skipif(not TRITON or INTERPRET, reason="needs triton, compiling (not TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("kf,dtype", [("int4", torch.bfloat16), ("int2", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("kf,dtype", [("int4", torch.bfloat16), ("int2", torch.float32), ("bf16", torch.bfloat16),
+                                      ("fp8_e4m3", torch.bfloat16)])
 def test_graph_kernels_compile_for_sm90(compiled, kf, dtype):  # noqa: F811 (the imported fixture)
     """The launches a captured step makes compile for sm_90 (test_compile_sm90.py's interception: nothing runs):
     the append kernel (both branches: token write, chunk pack and shift) and the fixed-grid decode kernel."""
@@ -319,7 +324,7 @@ def test_graph_mode_bad_input():
     with pytest.raises(InputError, match="graph mode"):
         PackedKVCache(1, 2, 64, 50, "int4", "int2", group=16, static=True)
     with pytest.raises(InputError, match="graph mode"):
-        PackedKVCache(1, 2, 64, 50, "fp8_e4m3", "fp8_e4m3", static=True)
+        PackedKVCache(1, 2, 64, 50, "fp8_e4m3", "int4", group=16, static=True)
     cache = PackedKVCache(1, 2, 64, 40, "int4", "int4", group=16, residual=8, static=True, backend="torch")
     k, v = kv(1, 2, 41, 64)
     cache.append(k[:, :, :40], v[:, :, :40])

@@ -32,7 +32,7 @@ A bf16 cache (key and value format "bf16") quantizes nothing: its window is the 
 
 Graph mode (`static=True`): a decode step capturable in one CUDA graph.
 
-    cache = PackedKVCache(..., static=True)     # int4/int4, int2/int2 or bf16/bf16
+    cache = PackedKVCache(..., static=True)     # int4/int4, int2/int2, fp8_e4m3/fp8_e4m3 or bf16/bf16
     cache.append(k, v)                          # prefill (n > 1): the path above (host sync), then the counter
     cache.append(k1, v1)                        # one token: ONE kernel launch, no sync, no branch on data
     out = decode_attention_static(q, cache)     # kv_attention.py: a grid fixed for the capacity
@@ -111,12 +111,14 @@ class PackedKVCache:
         self.device = torch.device(device)
         self.static = bool(static)
         ints = self.key_kind[0] == "int" and self.value_kind[0] == "int"
-        if self.static and not (self.dense or (ints and self.key_kind[1] == self.value_kind[1])):
-            raise InputError(f"PackedKVCache: graph mode (static=True) takes int4 / int4, int2 / int2 or bf16 / bf16 "
-                             f"keys / values (what its Triton append packs and the decode kernel reads), not "
-                             f"{key_format} / {value_format}")
-        if backend == "triton" and not (ints or (self.static and self.dense)):
-            raise InputError(f"PackedKVCache: the triton backend packs int4 / int2 keys and values, not {key_format} / "
+        fp8s = self.key_kind[0] == "e4m3" and self.value_kind[0] == "e4m3"
+        if self.static and not (self.dense or ((ints or fp8s) and self.key_kind[1] == self.value_kind[1])):
+            raise InputError(f"PackedKVCache: graph mode (static=True) takes int4 / int4, int2 / int2, fp8_e4m3 / "
+                             f"fp8_e4m3 or bf16 / bf16 keys / values (what its Triton append packs and the decode "
+                             f"kernel reads), not {key_format} / {value_format}")
+        if backend == "triton" and not (ints or (self.static and (self.dense or fp8s))):
+            raise InputError(f"PackedKVCache: the triton backend packs int4 / int2 keys and values (and fp8_e4m3 in "
+                             f"graph mode), not {key_format} / "
                              f"{value_format}; use backend='torch' or 'auto'")
         if backend == "triton" and not _triton_runs_on(self.device):
             raise InputError(f"PackedKVCache: the triton backend needs triton and a CUDA device (or "
@@ -313,7 +315,7 @@ class PackedKVCache:
                                       (False, src_v, self.value_kind, self.value_format)):
             codes_buf = self.k_codes if keys else self.v_codes
             scales_buf = self.k_scales if keys else self.v_scales
-            if self.backend == "triton":
+            if self.backend == "triton" and kind[0] == "int":  # fp8 (graph mode) packs eagerly through torch
                 self._triton_pack_into(src, count, kind[1], keys, codes_buf, scales_buf, start)
                 continue
             nph, span = HALF_BITS // kind[1], self._span(kind, keys)

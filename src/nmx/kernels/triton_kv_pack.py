@@ -13,7 +13,8 @@ takes one chunk of G tokens of one (batch, head) row, [G, D] elements:
 - codes to offset binary, shifted into their place in the 32-bit words (token n of a half at bits
   n*bits, channel 2c+1 in the high half) and or-ed together (a sum of disjoint bit fields), stored.
 
-`_kv_static_append_kernel` is the one-token append of a graph-mode `PackedKVCache` (kv_cache.py, static=True):
+`_kv_static_append_kernel` is the one-token append of a graph-mode `PackedKVCache` (kv_cache.py, static=True;
+int4, int2 or fp8_e4m3 codes: `_e4m3_codes` is nmx's fp8_e4m3 encoding, saturating):
 one launch per layer per decode step that writes the token into the bf16 window at the position its device-side
 counter gives and, only on the step that fills the window, packs the oldest chunk (the same `_pack_chunk`, so
 the same bytes) and moves the residual tokens to the window's front. Every program reads the counter and does
@@ -32,10 +33,14 @@ from nmx.kernels.triton_fakequant import _IEEE, ABS_MASK, INF_BITS, _load_f32, _
 
 
 @triton.jit
-def _pack_words(codes, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """Signed integer codes [G, D] (float32) -> the layout's words [G * BITS / 16, D / 2] (int32)."""
+def _pack_words(codes, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, OFFSET: tl.constexpr = True):
+    """Codes [G, D] -> the layout's words [G * BITS / 16, D / 2] (int32): signed integer codes (float32) in offset
+    binary, or (OFFSET False) bit patterns (int32) as they are."""
     NPH: tl.constexpr = 16 // BITS
-    u = codes.to(tl.int32) + (1 << (BITS - 1))  # offset binary
+    if OFFSET:
+        u = codes.to(tl.int32) + (1 << (BITS - 1))  # offset binary
+    else:
+        u = codes
     u = tl.reshape(u, (G // NPH, NPH, D // 2, 2))
     n = tl.arange(0, NPH)[None, :, None, None]
     h = tl.arange(0, 2)[None, None, None, :]
@@ -43,31 +48,50 @@ def _pack_words(codes, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _e4m3_codes(x):
+    """float32 -> nmx's fp8_e4m3 codes (int32 0..255): round to nearest even, saturating at +-448 (Inf too),
+    subnormals (below 2^-6, steps of 2^-9) kept, NaN -> 127 whatever its sign."""
+    u = x.to(tl.uint32, bitcast=True)
+    a = u & 0x7FFFFFFF
+    sign = ((u >> 24) & 0x80).to(tl.int32)
+    # normal: the float32's exponent and top 3 mantissa bits, rounded to nearest even on the bit pattern, rebiased
+    normal = (((a + (0x7FFFF + ((a >> 20) & 1))) >> 20).to(tl.int32)) - (120 << 3)
+    sub = ((a.to(tl.float32, bitcast=True) * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)  # m * 2^-9, m = 0 .. 8
+    mag = tl.minimum(tl.where(a < 0x3C800000, sub, normal), 126)  # 0x3C800000: 2^-6, e4m3's smallest normal
+    return tl.where(a > 0x7F800000, 127, sign | mag)
+
+
+@triton.jit
 def _pack_chunk(x_base, codes_base, scales_base, KEYS: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr,
-                G: tl.constexpr, D: tl.constexpr):
+                G: tl.constexpr, D: tl.constexpr, ELEM: tl.constexpr = 0):
     """Quantize the G tokens x_base[i * D + c] (bf16 bits as int16, token-major) into one chunk slot: its words at
     codes_base[w * D/2 + c] (w < G * BITS / 16), its fp16 scales at scales_base[c] (keys: one per channel) or
-    scales_base[i * D/G + j] (values: one per token and group of G channels)."""
+    scales_base[i * D/G + j] (values: one per token and group of G channels). ELEM 1: fp8_e4m3 codes (8 bits),
+    no scales."""
     t = tl.arange(0, G)
     d = tl.arange(0, D)
     bits16 = tl.load(x_base + t[:, None] * D + d[None, :])  # bf16 read as int16 bits
     x = (bits16.to(tl.int32) << 16).to(tl.float32, bitcast=True)  # exact, subnormals kept
-    if KEYS:  # one scale per channel: the transposed tile's rows
-        xr = tl.trans(x)  # [D, G]
-    else:  # one scale per (token, G channels)
-        xr = tl.reshape(x, (G * (D // G), G))
-    amax_bits = tl.max(xr.to(tl.int32, bitcast=True) & ABS_MASK, axis=1)
-    codes, scale = int_sym_codes(xr, amax_bits, amax_bits >= INF_BITS, QMAX)
-    if KEYS:
-        codes = tl.trans(codes)
-        tl.store(scales_base + d, tl.reshape(scale, (D,)).to(tl.float16))
+    if ELEM == 1:
+        words = _pack_words(_e4m3_codes(x), G, D, 8, False)
+        tl.store(codes_base + tl.arange(0, G // 2)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
     else:
-        codes = tl.reshape(codes, (G, D))
-        tl.store(scales_base + t[:, None] * (D // G) + tl.arange(0, D // G)[None, :],
-                 tl.reshape(scale, (G, D // G)).to(tl.float16))
-    NPH: tl.constexpr = 16 // BITS
-    words = _pack_words(codes, G, D, BITS)
-    tl.store(codes_base + tl.arange(0, G // NPH)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
+        if KEYS:  # one scale per channel: the transposed tile's rows
+            xr = tl.trans(x)  # [D, G]
+        else:  # one scale per (token, G channels)
+            xr = tl.reshape(x, (G * (D // G), G))
+        amax_bits = tl.max(xr.to(tl.int32, bitcast=True) & ABS_MASK, axis=1)
+        codes, scale = int_sym_codes(xr, amax_bits, amax_bits >= INF_BITS, QMAX)
+        if KEYS:
+            codes = tl.trans(codes)
+            tl.store(scales_base + d, tl.reshape(scale, (D,)).to(tl.float16))
+        else:
+            codes = tl.reshape(codes, (G, D))
+            tl.store(scales_base + t[:, None] * (D // G) + tl.arange(0, D // G)[None, :],
+                     tl.reshape(scale, (G, D // G)).to(tl.float16))
+        NPH: tl.constexpr = 16 // BITS
+        words = _pack_words(codes, G, D, BITS)
+        tl.store(codes_base + tl.arange(0, G // NPH)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
 
 
 @triton.jit
@@ -92,7 +116,7 @@ def _kv_int_pack_kernel(x_ptr, codes_ptr, scales_ptr, T, CHUNKS,
 def _kv_static_append_kernel(k_ptr, v_ptr, win_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, len_ptr, k_sb, k_sh, v_sb, v_sh,
                              H, BH, CAP, CHUNKS, IN_KIND: tl.constexpr, W: tl.constexpr, RES: tl.constexpr,
                              G: tl.constexpr, D: tl.constexpr, DENSE: tl.constexpr, KBITS: tl.constexpr,
-                             VBITS: tl.constexpr, NSHIFT: tl.constexpr):
+                             VBITS: tl.constexpr, NSHIFT: tl.constexpr, ELEM: tl.constexpr = 0):
     """One-token append of a graph-mode `PackedKVCache` (kv_cache.py): program (bh, kv) owns window row (kv, bh)
     and its own token counter len_ptr[kv * BH + bh] (all counters hold the same T; no program reads another's,
     so nothing races across programs). With T the tokens so far, Tq = G * floor((T - RES) / G) (0 below G) and
@@ -135,12 +159,13 @@ def _kv_static_append_kernel(k_ptr, v_ptr, win_ptr, kc_ptr, ks_ptr, vc_ptr, vs_p
                 if kv == 0:
                     KNPH: tl.constexpr = 16 // KBITS
                     _pack_chunk(row, kc_ptr + (bh64 * CHUNKS + chunk) * (G // KNPH) * (D // 2),
-                                ks_ptr + (bh64 * CHUNKS + chunk) * D, True, KBITS, (1 << (KBITS - 1)) - 1, G, D)
+                                ks_ptr + (bh64 * CHUNKS + chunk) * D, True, KBITS, (1 << (KBITS - 1)) - 1, G, D,
+                                ELEM)
                 else:
                     VNPH: tl.constexpr = 16 // VBITS
                     _pack_chunk(row, vc_ptr + (bh64 * CHUNKS + chunk) * (G // VNPH) * (D // 2),
                                 vs_ptr + (bh64 * CHUNKS + chunk) * G * (D // G), False, VBITS,
-                                (1 << (VBITS - 1)) - 1, G, D)
+                                (1 << (VBITS - 1)) - 1, G, D, ELEM)
                 tl.debug_barrier()  # the chunk is read before the shift overwrites it
                 for p in tl.static_range(NSHIFT):
                     i = p * G + tl.arange(0, G)
@@ -184,7 +209,8 @@ def append_token(cache, k: torch.Tensor, v: torch.Tensor) -> None:
         v.stride(1), h, b * h, cache.capacity, max(1, cache.quantized_capacity // g) if not dense else 1,
         IN_KIND=in_kind, W=w, RES=cache.residual, G=g, D=d,
         DENSE=dense, KBITS=kbits if kbits < 16 else 4, VBITS=vbits if vbits < 16 else 4,
-        NSHIFT=0 if dense else -(-cache.residual // g), num_warps=4 if tile <= 8192 else 8, **_IEEE)
+        NSHIFT=0 if dense else -(-cache.residual // g), ELEM=1 if cache.key_kind[0] == "e4m3" else 0,
+        num_warps=4 if tile <= 8192 else 8, **_IEEE)
 
 
 def pack_int_codes(x16: torch.Tensor, tq: int, group: int, bits: int, keys: bool
