@@ -39,30 +39,32 @@ def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((ia - ib).abs().max())
 
 
-def check_kernels_against_twins() -> None:
+def check_kernels_against_twins(device: str = "cpu") -> None:
     from nmx.kernels.triton_small_ops import rms_norm, rotary, silu_mul
 
     g = torch.Generator().manual_seed(0)
     bf = torch.bfloat16
+    dev = torch.device(device)
     # RMSNorm: rows of 3 widths (one not a power of two), a padded row stride, a row of zeros and a huge row
     for h in (64, 576, 1000):
         x = (torch.randn(5, h, generator=g) * 3).to(bf)
         x[1] = 0
         x[2] *= 1e30
-        w = torch.randn(h, generator=g).to(bf)
-        got, want = rms_norm(x, w, 1e-5), rms_norm_reference(x, w, 1e-5)
+        x, w = x.to(dev), torch.randn(h, generator=g).to(bf).to(dev)
+        got, want = rms_norm(x, w, 1e-5).cpu(), rms_norm_reference(x, w, 1e-5).cpu()
+        x, w = x.cpu(), w.cpu()
         assert got.dtype == bf and bf16_ulps(got, want) <= 1, h  # the mean's summation order, rsqrt: 1 ulp
         exact = (x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5)).to(bf).double() * w.double()
         assert (got.double() - exact).abs().max() <= (want.double() - exact).abs().max() * 1.01 + 1e-30
     # SiLU x up: bit for bit with torch's bf16 ops but for exp's last bit
-    gate, up = (torch.randn(3, 1000, generator=g) * 4).to(bf), torch.randn(3, 1000, generator=g).to(bf)
-    assert bf16_ulps(silu_mul(gate, up), silu_mul_reference(gate, up)) <= 1
+    gate, up = (torch.randn(3, 1000, generator=g) * 4).to(bf).to(dev), torch.randn(3, 1000, generator=g).to(bf).to(dev)
+    assert bf16_ulps(silu_mul(gate, up).cpu(), silu_mul_reference(gate, up).cpu()) <= 1
     # rotary: q and k as a Llama layer hands them over (transposed views), GQA (8 q heads, 2 k heads), 3 positions
     for s in (1, 3):
-        q = torch.randn(2, s, 8, 64, generator=g).to(bf).transpose(1, 2)
-        k = torch.randn(2, s, 2, 64, generator=g).to(bf).transpose(1, 2)
+        q = torch.randn(2, s, 8, 64, generator=g).to(bf).to(dev).transpose(1, 2)
+        k = torch.randn(2, s, 2, 64, generator=g).to(bf).to(dev).transpose(1, 2)
         ang = torch.randn(2, s, 64, generator=g)
-        cos, sin = ang.cos().to(bf), ang.sin().to(bf)
+        cos, sin = ang.cos().to(bf).to(dev), ang.sin().to(bf).to(dev)
         qo, ko = rotary(q, k, cos, sin)
         qr, kr = rotary_reference(q, k, cos, sin)
         assert qo.shape == q.shape and qo.stride() == q.stride() and ko.stride() == k.stride()
@@ -80,6 +82,12 @@ def check_tiny_llama_fused_in_interpreter() -> None:
         got = model(ids).logits.float()
     assert report["norms"] == 2 * model.config.num_hidden_layers + 1 and report["mlps"] == report["rotary"] > 0
     assert (got - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
+def test_kernels_against_their_twins_on_the_gpu():
+    check_kernels_against_twins("cuda")
 
 
 @pytest.mark.skipif(not TRITON or INTERPRET, reason="runs the interpreter in a child process")
