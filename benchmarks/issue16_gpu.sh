@@ -7,12 +7,13 @@
 #   fused      decode steps with transformers' small ops and with nmx.kernels.fuse_small_ops, int4 weights, int4 KV,
 #              batch 1 and 16, each row profiled (checks the model's written-down "hf-fused" prediction)
 #   fp8kv      the same with the fp8_e4m3 packed KV cache in graph mode, fused small ops
+#   mxkv       the same with the mxfp4 packed KV cache
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-PARTS=${*:-tests fused fp8kv}
+PARTS=${*:-tests fused fp8kv mxkv}
 step() { echo "== $1 [$(date +%T)]"; }
 for part in $PARTS; do
   case $part in
@@ -27,6 +28,10 @@ for part in $PARTS; do
       timeout 150 python3 -m nmx bench decode --config llama-2-7b --weights int4_g128 --kv fp8_e4m3 --batch 1,16 \
           --context 2048 --tokens 64 --small-ops fused --out "$OUT/decode_fp8kv_h100.json" 2>&1 \
           | grep -v "^timing\|Warning\|warn" | tail -20 ;;
-    *) echo "unknown part $part (tests, fused, fp8kv)"; exit 2 ;;
+    mxkv) step "decode, mxfp4 packed KV in graph mode, fused small ops"
+      timeout 150 python3 -m nmx bench decode --config llama-2-7b --weights int4_g128 --kv mxfp4 --batch 1,16 \
+          --context 2048 --tokens 64 --small-ops fused --out "$OUT/decode_mxkv_h100.json" 2>&1 \
+          | grep -v "^timing\|Warning\|warn" | tail -20 ;;
+    *) echo "unknown part $part (tests, fused, fp8kv, mxkv)"; exit 2 ;;
   esac
 done

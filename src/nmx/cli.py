@@ -440,8 +440,9 @@ def bench_decode_cmd(
     mode: str = typer.Option("auto", "--mode", help="graph (one step in a CUDA graph; auto on a GPU), compile "
                              "(torch.compile, then a CUDA graph; minutes per model and batch) or eager."),
     kv: str = typer.Option("bf16", "--kv", metavar="FORMAT",
-                           help="KV cache: bf16 (transformers' StaticCache, the default), or int4 / int2 / fp8_e4m3: "
-                                "every model is also timed, as its own row, with nmx's packed KV cache in graph mode."),
+                           help="KV cache: bf16 (transformers' StaticCache, the default), or int4 / int2 / "
+                                "fp8_e4m3 / mxfp4: every model is also timed, as its own row, with nmx's packed KV "
+                                "cache in graph mode."),
     kv_group: Optional[int] = typer.Option(None, "--kv-group", metavar="G",
                                            help="With --kv: tokens per key chunk and channels per value scale "
                                                 "(default: the format's, 32)."),

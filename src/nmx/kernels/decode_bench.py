@@ -79,7 +79,7 @@ SMALL_OPS = ("hf", "fused", "both")
 MODES = ("auto", "compile", "graph", "eager")
 SLACK = 8  # cache slots beyond context + tokens (warm-up steps write there before the length is reset)
 #: KV formats the graph-mode packed cache takes (its Triton append packs them; the decode kernel reads them)
-KV_GRAPH_FORMATS = ("int4", "int2", "fp8_e4m3")
+KV_GRAPH_FORMATS = ("int4", "int2", "fp8_e4m3", "mxfp4")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ A bf16 cache (key and value format "bf16") quantizes nothing: its window is the 
 
 Graph mode (`static=True`): a decode step capturable in one CUDA graph.
 
-    cache = PackedKVCache(..., static=True)     # int4/int4, int2/int2, fp8_e4m3/fp8_e4m3 or bf16/bf16
+    cache = PackedKVCache(..., static=True)     # int4, int2, fp8_e4m3, mxfp4 (K = V format) or bf16
     cache.append(k, v)                          # prefill (n > 1): the path above (host sync), then the counter
     cache.append(k1, v1)                        # one token: ONE kernel launch, no sync, no branch on data
     out = decode_attention_static(q, cache)     # kv_attention.py: a grid fixed for the capacity
@@ -111,14 +111,15 @@ class PackedKVCache:
         self.device = torch.device(device)
         self.static = bool(static)
         ints = self.key_kind[0] == "int" and self.value_kind[0] == "int"
-        fp8s = self.key_kind[0] == "e4m3" and self.value_kind[0] == "e4m3"
+        # graph mode's Triton append also packs fp8_e4m3 and mxfp4 (both sides the same format)
+        fp8s = self.key_kind[0] == self.value_kind[0] and self.key_kind[0] in ("e4m3", "e2m1")
         if self.static and not (self.dense or ((ints or fp8s) and self.key_kind[1] == self.value_kind[1])):
             raise InputError(f"PackedKVCache: graph mode (static=True) takes int4 / int4, int2 / int2, fp8_e4m3 / "
-                             f"fp8_e4m3 or bf16 / bf16 keys / values (what its Triton append packs and the decode "
-                             f"kernel reads), not {key_format} / {value_format}")
+                             f"fp8_e4m3, mxfp4 / mxfp4 or bf16 / bf16 keys / values (what its Triton append packs "
+                             f"and the decode kernel reads), not {key_format} / {value_format}")
         if backend == "triton" and not (ints or (self.static and (self.dense or fp8s))):
-            raise InputError(f"PackedKVCache: the triton backend packs int4 / int2 keys and values (and fp8_e4m3 in "
-                             f"graph mode), not {key_format} / "
+            raise InputError(f"PackedKVCache: the triton backend packs int4 / int2 keys and values (and fp8_e4m3, "
+                             f"mxfp4 in graph mode), not {key_format} / "
                              f"{value_format}; use backend='torch' or 'auto'")
         if backend == "triton" and not _triton_runs_on(self.device):
             raise InputError(f"PackedKVCache: the triton backend needs triton and a CUDA device (or "

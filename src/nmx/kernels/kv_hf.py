@@ -23,9 +23,9 @@ What decode steps see is the quantized cache exactly as nmx.kv's fake-quant cach
 quantized tokens, bit for bit, and the same bf16 window); the decode attention itself rounds q and its
 output to bf16 (the kernel's operands), which the fake-quant path (float32 SDPA) does not.
 
-Graph mode (`packed_cache(..., static=True)`, int4 / int2 / fp8_e4m3 / bf16): each layer's cache is a graph-mode
-`PackedKVCache`; a one-token step is then one append kernel and the fixed-grid decode kernel per layer, with no
-host sync anywhere (the attention skips its padded-mask check, which would sync; the cache's
+Graph mode (`packed_cache(..., static=True)`, int4 / int2 / fp8_e4m3 / mxfp4 / bf16): each layer's cache is a
+graph-mode `PackedKVCache`; a one-token step is then one append kernel and the fixed-grid decode kernel per layer,
+with no host sync anywhere (the attention skips its padded-mask check, which would sync; the cache's
 `get_seq_length()` is the device-side count, a 0-dim tensor, so the model's positions come from the device, as
 with transformers' StaticCache), so a whole decode step captures in one CUDA graph. A captured step must be given
 a 4-D attention mask (any: the packed decode ignores it; `nmx.kernels.decode_bench` passes one), because

@@ -14,7 +14,7 @@ takes one chunk of G tokens of one (batch, head) row, [G, D] elements:
   n*bits, channel 2c+1 in the high half) and or-ed together (a sum of disjoint bit fields), stored.
 
 `_kv_static_append_kernel` is the one-token append of a graph-mode `PackedKVCache` (kv_cache.py, static=True;
-int4, int2 or fp8_e4m3 codes: `_e4m3_codes` is nmx's fp8_e4m3 encoding, saturating):
+int4, int2, fp8_e4m3 or mxfp4 codes: `_e4m3_codes` and `_mxfp4_codes` are nmx's encodings of those formats):
 one launch per layer per decode step that writes the token into the bf16 window at the position its device-side
 counter gives and, only on the step that fills the window, packs the oldest chunk (the same `_pack_chunk`, so
 the same bytes) and moves the residual tokens to the window's front. Every program reads the counter and does
@@ -62,6 +62,25 @@ def _e4m3_codes(x):
 
 
 @triton.jit
+def _mxfp4_codes(xb):
+    """MX blocks [NB, 32] (float32) -> (e2m1 codes [NB, 32], e8m0 scale codes [NB]) as nmx's mxfp4 encodes them:
+    the floor scale rule 2^(floor(log2 amax) - 2), clamped to 2^-127 .. 2^127; elements x / 2^X rounded to the
+    e2m1 grid (nearest even, saturating at 6), the sign kept (also of a zero). NaN / Inf never reach here."""
+    amax_bits = tl.max(xb.to(tl.int32, bitcast=True) & ABS_MASK, axis=1)
+    sx = tl.minimum(tl.maximum((amax_bits >> 23) - 127 - 2, -127), 127)
+    inv = tl.where(127 - sx == 0, 0x00400000, (127 - sx) << 23).to(tl.float32, bitcast=True)  # 2^-sx
+    v = xb * inv[:, None]  # exact but for subnormal results, as nmx divides
+    a = tl.minimum((v.to(tl.int32, bitcast=True) & ABS_MASK).to(tl.float32, bitcast=True), 6.0)
+    eb = tl.maximum(a.to(tl.int32, bitcast=True) >> 23, 127)  # e2m1's smallest normal exponent is 0
+    magic = (((eb + 22) << 23) | 0x400000).to(tl.float32, bitcast=True)
+    e = (a + magic) - magic  # 0, 0.5, 1, 1.5, 2, 3, 4 or 6
+    eb2 = e.to(tl.int32, bitcast=True)
+    mag = tl.where(e >= 1.0, (((eb2 >> 23) - 126) << 1) | ((eb2 >> 22) & 1), tl.where(e == 0.5, 1, 0))
+    sign = ((v.to(tl.int32, bitcast=True) >> 28) & 8)
+    return sign | mag, sx + 127
+
+
+@triton.jit
 def _pack_chunk(x_base, codes_base, scales_base, KEYS: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr,
                 G: tl.constexpr, D: tl.constexpr, ELEM: tl.constexpr = 0):
     """Quantize the G tokens x_base[i * D + c] (bf16 bits as int16, token-major) into one chunk slot: its words at
@@ -75,6 +94,20 @@ def _pack_chunk(x_base, codes_base, scales_base, KEYS: tl.constexpr, BITS: tl.co
     if ELEM == 1:
         words = _pack_words(_e4m3_codes(x), G, D, 8, False)
         tl.store(codes_base + tl.arange(0, G // 2)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
+    elif ELEM == 2:  # mxfp4: blocks of 32 tokens of a channel (keys) or 32 channels of a token (values)
+        if KEYS:
+            codes, sc = _mxfp4_codes(tl.reshape(tl.trans(x), (D * (G // 32), 32)))
+            codes = tl.trans(tl.reshape(codes, (D, G)))
+            # scale rows j = 0 .. G/32 - 1 of the chunk, one per channel: [D, G/32] -> row-major [G/32, D]
+            tl.store(scales_base + tl.arange(0, G // 32)[None, :] * D + d[:, None],
+                     tl.reshape(sc, (D, G // 32)).to(tl.uint8))
+        else:
+            codes, sc = _mxfp4_codes(tl.reshape(x, (G * (D // 32), 32)))
+            codes = tl.reshape(codes, (G, D))
+            tl.store(scales_base + t[:, None] * (D // 32) + tl.arange(0, D // 32)[None, :],
+                     tl.reshape(sc, (G, D // 32)).to(tl.uint8))
+        words = _pack_words(codes, G, D, 4, False)
+        tl.store(codes_base + tl.arange(0, G // 4)[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :], words)
     else:
         if KEYS:  # one scale per channel: the transposed tile's rows
             xr = tl.trans(x)  # [D, G]
@@ -158,13 +191,15 @@ def _kv_static_append_kernel(k_ptr, v_ptr, win_ptr, kc_ptr, ks_ptr, vc_ptr, vs_p
                 bh64 = bh.to(tl.int64)
                 if kv == 0:
                     KNPH: tl.constexpr = 16 // KBITS
+                    KROWS: tl.constexpr = G // 32 if ELEM == 2 else 1  # key scale rows per chunk
                     _pack_chunk(row, kc_ptr + (bh64 * CHUNKS + chunk) * (G // KNPH) * (D // 2),
-                                ks_ptr + (bh64 * CHUNKS + chunk) * D, True, KBITS, (1 << (KBITS - 1)) - 1, G, D,
-                                ELEM)
+                                ks_ptr + (bh64 * CHUNKS + chunk) * KROWS * D, True, KBITS, (1 << (KBITS - 1)) - 1, G,
+                                D, ELEM)
                 else:
                     VNPH: tl.constexpr = 16 // VBITS
+                    VSPAN: tl.constexpr = 32 if ELEM == 2 else G  # channels per value scale
                     _pack_chunk(row, vc_ptr + (bh64 * CHUNKS + chunk) * (G // VNPH) * (D // 2),
-                                vs_ptr + (bh64 * CHUNKS + chunk) * G * (D // G), False, VBITS,
+                                vs_ptr + (bh64 * CHUNKS + chunk) * G * (D // VSPAN), False, VBITS,
                                 (1 << (VBITS - 1)) - 1, G, D, ELEM)
                 tl.debug_barrier()  # the chunk is read before the shift overwrites it
                 for p in tl.static_range(NSHIFT):
@@ -209,7 +244,7 @@ def append_token(cache, k: torch.Tensor, v: torch.Tensor) -> None:
         v.stride(1), h, b * h, cache.capacity, max(1, cache.quantized_capacity // g) if not dense else 1,
         IN_KIND=in_kind, W=w, RES=cache.residual, G=g, D=d,
         DENSE=dense, KBITS=kbits if kbits < 16 else 4, VBITS=vbits if vbits < 16 else 4,
-        NSHIFT=0 if dense else -(-cache.residual // g), ELEM=1 if cache.key_kind[0] == "e4m3" else 0,
+        NSHIFT=0 if dense else -(-cache.residual // g), ELEM={"e4m3": 1, "e2m1": 2}.get(cache.key_kind[0], 0),
         num_warps=4 if tile <= 8192 else 8, **_IEEE)
 
 
