@@ -1,6 +1,6 @@
 """Count the machine instructions per weight of nmx's one-token kernel, offline (no GPU).
 
-    python benchmarks/sass_count.py nvfp4 [2:4] [--block-n 8] [--w 256] [--warps 4] [--stages 2] [--dump FILE]
+    python benchmarks/sass_count.py nvfp4 [2:4] [--block-n 8] [--w 256] [--warps 4] [--stages 2] [--prefetch]
     python benchmarks/sass_count.py int4_g128 --tc --block-n 64 --w 128 [--block-m 16]   (triton_tc.py)
 
 Compiles `triton_gemv._gemv1_kernel` for sm_90 with the ptxas and nvdisasm that ship inside the triton
@@ -33,7 +33,8 @@ from nmx.kernels.layout import kernel_format  # noqa: E402
 DIVISIBLE = ("x32_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "KW", "stride_w", "stride_meta", "stride_s")
 
 
-def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int, stages: int):
+def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int, stages: int,
+                 prefetch: bool = False):
     element, scale = kernel_format(fmt)
     bits = tg.ELEMENT_BITS[element]
     block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16}.get(fmt or "", 0)
@@ -43,7 +44,7 @@ def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int
            "scales_ptr": "*fp16" if scale == "fp16" else "*u8", "y_ptr": "*bf16", "tensor_scale": "fp32",
            "N": "i32", "KW": "i32", "stride_w": "i32", "stride_meta": "i32", "stride_s": "i32", "zero": "i32"}
     const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block or 1, SPARSE=sparse,
-                 BITS=bits, BLOCK_N=block_n, W=w, SPLIT_K=1, TILES_PER_SPLIT=8, EVEN=True)
+                 BITS=bits, BLOCK_N=block_n, W=w, SPLIT_K=1, TILES_PER_SPLIT=8, EVEN=True, PREFETCH=prefetch)
     sig.update({k: "constexpr" for k in const})
     names = list(tg._gemv1_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in DIVISIBLE}
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--w", type=int, default=256)
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--prefetch", action="store_true", help="the one-token kernel's PREFETCH config")
     ap.add_argument("--dump", default=None, help="write the loop's instructions here")
     ap.add_argument("--tc", action="store_true", help="the tensor-core kernel (triton_tc.py); --w is then BLOCK_K")
     ap.add_argument("--block-m", type=int, default=16, help="--tc only")
@@ -116,7 +118,7 @@ def main() -> None:
     if args.tc:
         k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages, sparse)
     else:
-        k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages)
+        k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages, args.prefetch)
     body = main_loop(k.asm["cubin"])
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in body)
     element = kernel_format(fmt)[0]
