@@ -379,7 +379,7 @@ def test_bench_decode_kv_cpu_smoke(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("args,phrase", [
     (["--kv", "nvfp4"], "does not read 'nvfp4'"),
-    (["--kv", "mxfp4"], "takes int4 or int2"),
+    (["--kv", "fp8_e4m3", "--kv-group", "0"], "--kv-group must be a positive integer"),
     (["--kv", "int4", "--kv-residual", "-1"], "--kv-residual"),
     (["--kv", "int4", "--kv-group", "48"], "power-of-two group"),
 ])

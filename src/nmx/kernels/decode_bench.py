@@ -103,9 +103,9 @@ def kv_spec(fmt: str | None, group: int | None = None, residual: int = 128) -> K
         return None
     if fmt not in KV_FORMATS:
         raise InputError(f"--kv {fmt}: the KV decode-attention kernel does not read {fmt!r}; --kv takes bf16 "
-                         f"(transformers' StaticCache, the default), {' or '.join(KV_GRAPH_FORMATS)}")
+                         f"(transformers' StaticCache, the default), {', '.join(KV_GRAPH_FORMATS)}")
     if fmt not in KV_GRAPH_FORMATS:
-        raise InputError(f"--kv {fmt}: the graph-mode packed KV cache takes {' or '.join(KV_GRAPH_FORMATS)} (its "
+        raise InputError(f"--kv {fmt}: the graph-mode packed KV cache takes {', '.join(KV_GRAPH_FORMATS)} (its "
                          f"Triton append packs no other format); bf16 (the default) times transformers' StaticCache")
     if isinstance(residual, bool) or not isinstance(residual, int) or residual < 0:
         raise InputError(f"--kv-residual must be an integer >= 0, got {residual!r}")
