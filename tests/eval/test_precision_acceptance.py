@@ -4,22 +4,19 @@ every linear BOPs(format) / BOPs(A16) = bits(format) / 16 and bits(bfp_mM_g64) =
 optimal on its grid by definition, so the greedy point (on the grid) can never be cheaper among accepted points; the
 same lengths evaluated twice on CPU give the same perplexity."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "precision_acceptance.py"
+from tests.scripts import benchmark_script
+
 TYPES = ("qkv", "o", "up", "down")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("precision_acceptance", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("precision_acceptance")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from nmx.errors import InputError
 from nmx.hw import gpu
 from nmx.hw.workload import Compression, llm_workload
+from tests.scripts import ROOT, benchmark_script
 
 # an ideal chip: no launch cost, no ramp, every peak reached
 IDEAL = gpu.with_params("h100-sxm", launch_s=0.0, ramp_s=0.0,
@@ -233,27 +234,15 @@ def test_nmx_kv_decode_attention_by_hand_and_where_it_does_not_apply():
 
 def test_nmx_kv_preset_is_the_fit_of_its_measurements():
     """benchmarks/gpu_fit.py --nmx-kv on kv_append_h100.json gives the h100-sxm preset's kv_decode and kv_append."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("nmx_gpu_fit", root / "benchmarks" / "gpu_fit.py")
-    fit_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_tool)
+    fit_tool, root = _fit_tool()
     p = fit_tool.fit_nmx_kv(str(root / "benchmarks/results/kv_append_h100.json"), "h100-sxm", None)
     t = gpu.get_target("h100-sxm")
     assert p["kv_decode"] == t.kv_decode and p["kv_append"] == t.kv_append
 
 
 def _fit_tool():
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("nmx_gpu_fit", root / "benchmarks" / "gpu_fit.py")
-    fit_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_tool)
-    return fit_tool, root
+    """benchmarks/gpu_fit.py as a module, and the repository root its result paths are relative to."""
+    return benchmark_script("gpu_fit"), ROOT
 
 
 def test_h100_cublas_streaming_and_small_kernels_are_the_fits_of_their_measurements(capsys):

@@ -8,13 +8,11 @@ preset that moves them fails here and the document has to be redone with
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from nmx.errors import InputError
 from nmx.hw import gpu
+from tests.scripts import benchmark_script
 
 MAIN = ("gemm bf16/fp16", "attention", "decode bf16")  # the operation classes the preset is fitted and judged on
 
@@ -81,10 +79,7 @@ def test_the_preset_reproduces_the_reported_held_out_errors(rows):
 def test_the_preset_is_the_fit_on_the_fit_rows_alone():
     """benchmarks/gpu_fit.py --published, run here on the `fit` rows: the preset holds what it finds
     (rounded to 3 digits), so the held-out rows had no part in it."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_fit.py"
-    spec = importlib.util.spec_from_file_location("nmx_gpu_fit", path)
-    fit_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_tool)
+    fit_tool = benchmark_script("gpu_fit")
     p = fit_tool.fit_published(None, "a100-80gb", rounds=10, verbose=False)
     t = gpu.get_target("a100-80gb")
     assert p[("flops_eff", "bf16")] == pytest.approx(t.flops_eff["bf16"], rel=0.01)

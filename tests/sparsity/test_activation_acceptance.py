@@ -1,20 +1,15 @@
 """benchmarks/activation_sparsity_acceptance.py (issue 15, acceptance item 1) on the tiny Llama: one `nmx run` per
 row, a summary whose numbers are those of the rows' result.json, and a second call that keeps what is done."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "activation_sparsity_acceptance.py"
+from tests.scripts import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("activation_sparsity_acceptance", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("activation_sparsity_acceptance")
 
 
 def test_rows_summary_and_continuation(tmp_path, tiny_model_dir, capsys):

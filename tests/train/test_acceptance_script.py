@@ -2,20 +2,15 @@
 beside the transposable run, the summary compares only runs of the same step count, a second call continues the
 JSON, and the plot mode draws it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_acceptance.py"
+from tests.scripts import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_acceptance", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("train_acceptance")
 
 
 def test_group_4_trains_its_plain_twin_and_continues(tmp_path, capsys):
