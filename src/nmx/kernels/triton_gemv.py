@@ -59,7 +59,7 @@ def _dec(c, ELEMENT: tl.constexpr):
 
 
 @triton.jit
-def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero):
+def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero, TINY: tl.constexpr = False):
     """Element j of every word v (uint32) -> float32, reading the code where it lies.
 
     int4 (one bit operation and one add): the nibble is masked in place and its top bit flipped
@@ -68,7 +68,9 @@ def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero)
     e2m1: magnitude bits moved to the float's exponent/mantissa (value * 2^-126), sign bit to bit 31
     of the constant +-2^126 that restores the scale; masks first, then shifts, so no extraction.
     `zero` is a run-time 0 added to the constants: it keeps them in registers, so that the compiler
-    can fold a mask and a constant into one three-input logic instruction (LOP3)."""
+    can fold a mask and a constant into one three-input logic instruction (LOP3).
+    TINY (e2m1, e4m3): return the signed value times 2^-126 (2^-120) as it lies in the bits, without the
+    multiply that restores it; the caller scales x up and the sum down instead (see `_x_scaled`)."""
     if ELEMENT == 2:
         i: tl.constexpr = j % 4
         src = v if j < 4 else v >> 16
@@ -86,8 +88,11 @@ def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero)
             mag = (v & MAG) * (1 << (23 - MB - lo))
         else:
             mag = (v & MAG) >> (lo - 23 + MB)
-        sign = ((v << (32 - lo - BITS)) & 0x80000000) | (zero + BIAS).to(tl.uint32, bitcast=True)
-        out = mag.to(tl.float32, bitcast=True) * sign.to(tl.float32, bitcast=True)
+        if TINY:  # sign bit moved to bit 31 and or-ed in: one shift and one three-input LOP3
+            out = (((v << (32 - lo - BITS)) & 0x80000000) | mag).to(tl.float32, bitcast=True)
+        else:
+            sign = ((v << (32 - lo - BITS)) & 0x80000000) | (zero + BIAS).to(tl.uint32, bitcast=True)
+            out = mag.to(tl.float32, bitcast=True) * sign.to(tl.float32, bitcast=True)
     else:  # bf16: the half-word moved to a float32's top
         out = ((v << 16) if j == 0 else (v & 0xFFFF0000)).to(tl.float32, bitcast=True)
     return out
@@ -168,6 +173,15 @@ def _x_half(pairs, HIGH: tl.constexpr):
 
 
 @triton.jit
+def _x_up(pairs, HIGH: tl.constexpr, TINY: tl.constexpr, ELEMENT: tl.constexpr):
+    """`_x_half`, times 2^96 (e2m1) or 2^90 (e4m3) where the weights decode TINY (see `_dec_at`)."""
+    out = _x_half(pairs, HIGH)
+    if TINY:
+        out = out * (79228162514264337593543950336.0 if ELEMENT == 1 else 1237940039285380274899124224.0)
+    return out
+
+
+@triton.jit
 def _w_tile(vals_ptr, meta_ptr, rows, n_mask, tile, KW, stride_w, stride_meta, valid, BITS: tl.constexpr,
             SPARSE: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr):
     """The words [BLOCK_N, W] (uint32) of K tile `tile` and, for 2:4, their metadata (else the words
@@ -189,7 +203,8 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   stride_s, zero,
                   ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
-                  TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr):
+                  TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
+                  FOLD_SIGN: tl.constexpr = True):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
     operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
@@ -202,6 +217,11 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
     rows = offs_n[:, None]
     PER: tl.constexpr = 32 // BITS  # elements per word
     WC: tl.constexpr = 2 * PER if SPARSE else PER  # dense columns per word
+    # e2m1 / e4m3 decode to value * 2^-126 / 2^-120 (no restoring multiply): x comes in times 2^96 / 2^90 and
+    # the row sums go out times 2^30, powers of two, so every product and sum rounds as it would unscaled
+    # (for |x| < 2^32; products below 2^-96 in magnitude would lose bits)
+    # (FOLD_SIGN False: the older decode, a multiply by +-2^126 / 2^120 per weight, kept to time against)
+    TINY: tl.constexpr = FOLD_SIGN and (ELEMENT == 1 or ELEMENT == 3)
     acc = tl.zeros((BLOCK_N, W), dtype=tl.float32)
     if PREFETCH:
         v_next, meta_next = _w_tile(vals_ptr, meta_ptr, rows, n_mask, pid_k * TILES_PER_SPLIT, KW, stride_w,
@@ -223,15 +243,15 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
             for g in tl.static_range(PER // 2):
                 pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, EVEN)
                 pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, EVEN)
-                x0 = _x_half(pa, False)
-                x1 = _x_half(pa, True)
-                x2 = _x_half(pb, False)
-                x3 = _x_half(pb, True)
+                x0 = _x_up(pa, False, TINY, ELEMENT)
+                x1 = _x_up(pa, True, TINY, ELEMENT)
+                x2 = _x_up(pb, False, TINY, ELEMENT)
+                x3 = _x_up(pb, True, TINY, ELEMENT)
                 # p0 in {0, 1, 2} and p1 in {1, 2, 3}: select x by testing the nibble's bits in place
                 xa = tl.where((meta & (2 << (4 * g))) != 0, x2, tl.where((meta & (1 << (4 * g))) != 0, x1, x0))
                 xb = tl.where((meta & (8 << (4 * g))) != 0, tl.where((meta & (4 << (4 * g))) != 0, x3, x2), x1)
-                part += _dec_at(v, 2 * g, BITS, ELEMENT, zero) * xa
-                part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero) * xb
+                part += _dec_at(v, 2 * g, BITS, ELEMENT, zero, TINY) * xa
+                part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero, TINY) * xb
         else:
             PAIRS: tl.constexpr = PER // 2
             if PAIRS == 4:  # x for the whole tile in one vector load, split into its 4 pairs in registers
@@ -242,19 +262,19 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 x_0, x_2 = tl.split(e)
                 x_1, x_3 = tl.split(o)
                 # pair-interleaved words (layout.py): x pair q (columns 2q, 2q+1) meets slots q and q + 4
-                part += _dec_at(v, 0, BITS, ELEMENT, zero) * _x_half(x_0, False)
-                part += _dec_at(v, 4, BITS, ELEMENT, zero) * _x_half(x_0, True)
-                part += _dec_at(v, 1, BITS, ELEMENT, zero) * _x_half(x_1, False)
-                part += _dec_at(v, 5, BITS, ELEMENT, zero) * _x_half(x_1, True)
-                part += _dec_at(v, 2, BITS, ELEMENT, zero) * _x_half(x_2, False)
-                part += _dec_at(v, 6, BITS, ELEMENT, zero) * _x_half(x_2, True)
-                part += _dec_at(v, 3, BITS, ELEMENT, zero) * _x_half(x_3, False)
-                part += _dec_at(v, 7, BITS, ELEMENT, zero) * _x_half(x_3, True)
+                part += _dec_at(v, 0, BITS, ELEMENT, zero, TINY) * _x_up(x_0, False, TINY, ELEMENT)
+                part += _dec_at(v, 4, BITS, ELEMENT, zero, TINY) * _x_up(x_0, True, TINY, ELEMENT)
+                part += _dec_at(v, 1, BITS, ELEMENT, zero, TINY) * _x_up(x_1, False, TINY, ELEMENT)
+                part += _dec_at(v, 5, BITS, ELEMENT, zero, TINY) * _x_up(x_1, True, TINY, ELEMENT)
+                part += _dec_at(v, 2, BITS, ELEMENT, zero, TINY) * _x_up(x_2, False, TINY, ELEMENT)
+                part += _dec_at(v, 6, BITS, ELEMENT, zero, TINY) * _x_up(x_2, True, TINY, ELEMENT)
+                part += _dec_at(v, 3, BITS, ELEMENT, zero, TINY) * _x_up(x_3, False, TINY, ELEMENT)
+                part += _dec_at(v, 7, BITS, ELEMENT, zero, TINY) * _x_up(x_3, True, TINY, ELEMENT)
             else:  # 8-bit (slots q, q + 2) or bf16 (slots 0, 1)
                 for q in tl.static_range(PAIRS):
                     pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
-                    part += _dec_at(v, q, BITS, ELEMENT, zero) * _x_half(pr, False)
-                    part += _dec_at(v, q + PAIRS, BITS, ELEMENT, zero) * _x_half(pr, True)
+                    part += _dec_at(v, q, BITS, ELEMENT, zero, TINY) * _x_up(pr, False, TINY, ELEMENT)
+                    part += _dec_at(v, q + PAIRS, BITS, ELEMENT, zero, TINY) * _x_up(pr, True, TINY, ELEMENT)
         if SCALE != 0:
             NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
             blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
@@ -265,6 +285,8 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
         else:
             acc += part
     out = tl.sum(acc, axis=1)
+    if TINY:
+        out = out * 1073741824.0  # 2^30
     if SCALE == 2:
         out = out * tensor_scale
     if SPLIT_K == 1:
@@ -443,6 +465,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     split, w, block_m = cfg.pop("SPLIT_K"), cfg.pop("W"), cfg.pop("BLOCK_M")
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     prefetch = bool(cfg.pop("PREFETCH", False))
+    fold = bool(cfg.pop("FOLD_SIGN", True))
     one = block_m == 1
     if one and m != 1:
         raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
@@ -456,7 +479,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split)
         _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
                             0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
-                            PREFETCH=prefetch,
+                            PREFETCH=prefetch, FOLD_SIGN=fold,
                             num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
