@@ -153,29 +153,38 @@ def _meta(meta_ptr, rows, words, mask, stride_meta, BITS: tl.constexpr):
 
 
 @triton.jit
-def _x_load(ptrs, words, KW, EVEN: tl.constexpr):
-    """A [1, W] tile of x read as int32 pairs of bf16 (masked past the row's KW words unless EVEN)."""
+def _x_load(ptrs, words, KW, rows, EVEN: tl.constexpr, BCAST: tl.constexpr):
+    """A [1, W] tile of x read as int32 pairs of bf16 (masked past the row's KW words unless EVEN).
+    BCAST: the same pairs as [BLOCK_N, W] (one address down each column), which the compiler loads in the
+    weights' own register layout: no trip through shared memory, no barrier (sass_count.py: the [1, W]
+    tile costs ~18 barriers a tile in a layout conversion)."""
+    if BCAST:
+        ptrs = ptrs[None, :] + rows * 0
     if EVEN:
         pairs = tl.load(ptrs)
+    elif BCAST:
+        pairs = tl.load(ptrs, mask=(words < KW)[None, :] & (rows >= 0), other=0)
     else:
         pairs = tl.load(ptrs, mask=words < KW, other=0)
     return pairs.to(tl.uint32, bitcast=True)
 
 
 @triton.jit
-def _x_half(pairs, HIGH: tl.constexpr):
-    """One bf16 of each int32 pair (the low half: the even column) as float32."""
+def _x_half(pairs, HIGH: tl.constexpr, BCAST: tl.constexpr = False):
+    """One bf16 of each int32 pair (the low half: the even column) as float32, [1, W] or (BCAST) as is."""
     if HIGH:
         out = (pairs & 0xFFFF0000).to(tl.float32, bitcast=True)
     else:
         out = (pairs << 16).to(tl.float32, bitcast=True)
-    return out[None, :]
+    if not BCAST:
+        out = out[None, :]
+    return out
 
 
 @triton.jit
-def _x_up(pairs, HIGH: tl.constexpr, TINY: tl.constexpr, ELEMENT: tl.constexpr):
+def _x_up(pairs, HIGH: tl.constexpr, TINY: tl.constexpr, ELEMENT: tl.constexpr, BCAST: tl.constexpr = False):
     """`_x_half`, times 2^96 (e2m1) or 2^90 (e4m3) where the weights decode TINY (see `_dec_at`)."""
-    out = _x_half(pairs, HIGH)
+    out = _x_half(pairs, HIGH, BCAST)
     if TINY:
         out = out * (79228162514264337593543950336.0 if ELEMENT == 1 else 1237940039285380274899124224.0)
     return out
@@ -204,7 +213,7 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
                   TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-                  FOLD_SIGN: tl.constexpr = True):
+                  FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = True):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
     operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
@@ -241,12 +250,12 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
         part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
         if SPARSE:
             for g in tl.static_range(PER // 2):
-                pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, EVEN)
-                pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, EVEN)
-                x0 = _x_up(pa, False, TINY, ELEMENT)
-                x1 = _x_up(pa, True, TINY, ELEMENT)
-                x2 = _x_up(pb, False, TINY, ELEMENT)
-                x3 = _x_up(pb, True, TINY, ELEMENT)
+                pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, rows, EVEN, X_BCAST)
+                pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, rows, EVEN, X_BCAST)
+                x0 = _x_up(pa, False, TINY, ELEMENT, X_BCAST)
+                x1 = _x_up(pa, True, TINY, ELEMENT, X_BCAST)
+                x2 = _x_up(pb, False, TINY, ELEMENT, X_BCAST)
+                x3 = _x_up(pb, True, TINY, ELEMENT, X_BCAST)
                 # p0 in {0, 1, 2} and p1 in {1, 2, 3}: select x by testing the nibble's bits in place
                 xa = tl.where((meta & (2 << (4 * g))) != 0, x2, tl.where((meta & (1 << (4 * g))) != 0, x1, x0))
                 xb = tl.where((meta & (8 << (4 * g))) != 0, tl.where((meta & (4 << (4 * g))) != 0, x3, x2), x1)
@@ -254,7 +263,7 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero, TINY) * xb
         else:
             PAIRS: tl.constexpr = PER // 2
-            if PAIRS == 4:  # x for the whole tile in one vector load, split into its 4 pairs in registers
+            if PAIRS == 4 and not X_BCAST:  # x for the whole tile in one vector load, split into 4 pairs
                 xp = x32_ptr + xcol[:, None] + tl.arange(0, 4)[None, :]
                 xt = tl.load(xp) if EVEN else tl.load(xp, mask=(words1 < KW)[:, None], other=0)
                 xt = xt.to(tl.uint32, bitcast=True)
@@ -270,11 +279,12 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 part += _dec_at(v, 6, BITS, ELEMENT, zero, TINY) * _x_up(x_2, True, TINY, ELEMENT)
                 part += _dec_at(v, 3, BITS, ELEMENT, zero, TINY) * _x_up(x_3, False, TINY, ELEMENT)
                 part += _dec_at(v, 7, BITS, ELEMENT, zero, TINY) * _x_up(x_3, True, TINY, ELEMENT)
-            else:  # 8-bit (slots q, q + 2) or bf16 (slots 0, 1)
+            else:  # pair q meets slots q and q + PAIRS: 4-bit (X_BCAST), 8-bit (q, q + 2) or bf16 (0, 1)
                 for q in tl.static_range(PAIRS):
-                    pr = _x_load(x32_ptr + xcol + q, words1, KW, EVEN)
-                    part += _dec_at(v, q, BITS, ELEMENT, zero, TINY) * _x_up(pr, False, TINY, ELEMENT)
-                    part += _dec_at(v, q + PAIRS, BITS, ELEMENT, zero, TINY) * _x_up(pr, True, TINY, ELEMENT)
+                    pr = _x_load(x32_ptr + xcol + q, words1, KW, rows, EVEN, X_BCAST)
+                    part += _dec_at(v, q, BITS, ELEMENT, zero, TINY) * _x_up(pr, False, TINY, ELEMENT, X_BCAST)
+                    part += _dec_at(v, q + PAIRS, BITS, ELEMENT, zero, TINY) * _x_up(pr, True, TINY, ELEMENT,
+                                                                                      X_BCAST)
         if SCALE != 0:
             NB: tl.constexpr = max(W * WC // BLOCK, 1)  # scale blocks in the tile (1: the tile is in one)
             blk = (pid_k * TILES_PER_SPLIT + t) * W * WC // BLOCK + tl.arange(0, NB)[None, :]
@@ -466,6 +476,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     prefetch = bool(cfg.pop("PREFETCH", False))
     fold = bool(cfg.pop("FOLD_SIGN", True))
+    bcast = bool(cfg.pop("X_BCAST", not p.sparse24))
     one = block_m == 1
     if one and m != 1:
         raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
@@ -479,7 +490,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split)
         _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
                             0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
-                            PREFETCH=prefetch, FOLD_SIGN=fold,
+                            PREFETCH=prefetch, FOLD_SIGN=fold, X_BCAST=bcast,
                             num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))

@@ -1,17 +1,24 @@
-"""The one-token kernel's e2m1 / e4m3 decode, old against new, in one run on one GPU (M = 1).
+"""Two changes to the one-token kernel, each against the way before, in one run on one GPU (M = 1).
 
-    python benchmarks/gemv_fold_sign.py --out DIR [--shapes 4096x4096,...] [--cases nvfp4,...] [--budget-s 200]
+    python benchmarks/gemv_variants.py --out DIR [--shapes 4096x4096,...] [--cases nvfp4,...] [--budget-s 200]
 
-FOLD_SIGN False is the older decode: each weight is its value times 2^-126 (2^-120 for e4m3) and one
+FOLD_SIGN (e2m1 / e4m3 weights). False is the older decode: each weight is its value times 2^-126 (2^-120 for e4m3) and one
 multiply by +-2^126 restores value and sign. FOLD_SIGN True (the default now) or-s the sign bit in and
 leaves the 2^-126 in place: x comes in times 2^96 (2^90) and the row sums go out times 2^30, so a
 multiply per weight is gone (sass_count.py: nvfp4 7.39 -> 6.52 instructions per dense weight).
 
+X_BCAST (every format). False is the older x load: a [1, W] tile that the compiler moves into the weights'
+register layout through shared memory (~18 barriers a tile); True loads it as [BLOCK_N, W] (one address
+down each column) straight into that layout: the same instruction count for dense weights, no barrier.
+The default is True for dense weights, False for 2:4 (there the broadcast costs instructions).
+
+Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults) and "x_other" (the
+defaults with X_BCAST flipped).
+
 Both run the four one-token tilings that won most often in kernels_peers_h100.json, each first checked on a NaN-poisoned
 output against the CPU twin, then timed the kernels_peers way (one CUDA graph over weight copies adding
-up to more than 4x the L2, median of 20 replays), beside cuBLAS bf16 on the same shape. int4_g128 (whose
-decode did not change) is timed too, as the control: its two columns must agree within the noise.
-Output: DIR/gemv_fold_sign.json; the summary (best tiling per case and decode) is printed.
+up to more than 4x the L2, median of 20 replays), beside cuBLAS bf16 on the same shape.
+Output: DIR/gemv_variants.json; the summary (best tiling per case and variant) is printed.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
     end = time.monotonic() + budget_s
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%F %T"),
            "copy_bw_Bps": copy_bandwidth(), "rows": []}
-    path = out / "gemv_fold_sign.json"
+    path = out / "gemv_variants.json"
     for sname in shapes:
         n, k = kp.SHAPES[sname]
         w = kp.make_weight(n, k, False, "cuda", seed=11).to(torch.bfloat16)
@@ -60,10 +67,14 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
             p = kp.nmx_pack(case, kp.make_weight(n, k, case.startswith("2:4"), "cuda", seed=5))
             copies = kp.clones(p, p.nbytes)
             best = {}
-            for fold in (False, True):
+            dense = not case.startswith("2:4")
+            tiny = case.rpartition("+")[2] != "int4_g128"
+            variants = ({"old": {"FOLD_SIGN": False}} if tiny else {})
+            variants.update({"new": {}, "x_other": {"X_BCAST": not dense}})
+            for name, extra in variants.items():
                 for bn, ww, warps, pf in TILINGS:
                     cfg = {"BLOCK_N": bn, "W": ww, "SPLIT_K": 1, "num_warps": warps, "num_stages": 1,
-                           "PREFETCH": pf, "FOLD_SIGN": fold}
+                           "PREFETCH": pf, **extra}
                     xf = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
                     try:
                         err = kp.rel(gemv(xf, p, cfg, poison=True).float(), linear_reference(xf, p).float())
@@ -71,16 +82,16 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
                             raise ValueError(f"twin rel err {err:.2e}")
                         t = kp.gtime(lambda q: gemv(x, q, cfg), copies)
                     except Exception as e:  # noqa: BLE001
-                        res["rows"].append({"shape": sname, "case": case, "config": cfg,
+                        res["rows"].append({"shape": sname, "case": case, "variant": name, "config": cfg,
                                             "error": f"{type(e).__name__}: {str(e)[:160]}"})
                         continue
                     bw = (p.nbytes + 4 * k) / t / res["copy_bw_Bps"]
-                    res["rows"].append({"shape": sname, "case": case, "config": cfg, "time_s": t, "rel_err": err,
-                                        "speedup": t_cublas / t, "copy_bw_frac": bw})
-                    if fold not in best or t < best[fold][0]:
-                        best[fold] = (t, bw)
-            line = "  ".join(f"{'new' if f else 'old'} {b[0] * 1e6:.2f}us {t_cublas / b[0]:.2f}x ({b[1]:.0%})"
-                             for f, b in sorted(best.items()))
+                    res["rows"].append({"shape": sname, "case": case, "variant": name, "config": cfg, "time_s": t,
+                                        "rel_err": err, "speedup": t_cublas / t, "copy_bw_frac": bw})
+                    if name not in best or t < best[name][0]:
+                        best[name] = (t, bw)
+            line = "  ".join(f"{name} {b[0] * 1e6:.2f}us {t_cublas / b[0]:.2f}x ({b[1]:.0%})"
+                             for name, b in best.items())
             print(f"{sname} {case}: cublas {t_cublas * 1e6:.1f}us  {line}", flush=True)
             del copies
             path.write_text(json.dumps(res, indent=1))
@@ -101,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in shapes if s not in kp.SHAPES] + [c for c in cases if c.rpartition("+")[2] not in
                                                          ("int4_g128", "nvfp4", "mxfp4", "fp8_e4m3")]
     if bad:
-        print(f"gemv_fold_sign: unknown shape or case {', '.join(bad)}", file=sys.stderr)
+        print(f"gemv_variants: unknown shape or case {', '.join(bad)}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("gemv_fold_sign: needs a CUDA GPU", file=sys.stderr)
+        print("gemv_variants: needs a CUDA GPU", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
     run(a.out, shapes, cases, a.budget_s)
