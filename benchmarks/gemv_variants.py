@@ -1,4 +1,4 @@
-"""Two changes to the one-token kernel, each against the way before, in one run on one GPU (M = 1).
+"""Three changes to the one-token kernel, each against the way before, in one run on one GPU (M = 1).
 
     python benchmarks/gemv_variants.py --out DIR [--shapes 4096x4096,...] [--cases nvfp4,...] [--budget-s 200]
 
@@ -12,10 +12,16 @@ register layout through shared memory (~18 barriers a tile); True loads it as [B
 down each column) straight into that layout: the same instruction count for dense weights, no barrier.
 The default is True for dense weights, False for 2:4 (there the broadcast costs instructions).
 
-Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults) and "x_other" (the
-defaults with X_BCAST flipped).
+PRMT_GATHER (2:4). False selects each kept weight's x out of its group's four with compares and selects
+(~11 instructions a group); True takes both kept x of a group with one byte permute (PTX prmt), its
+selector looked up for all groups of a word at once (sass_count.py: 2:4+int4 4.58 -> 3.80 instructions per
+dense weight, below dense int4's 4.36).
 
-Both run the four one-token tilings that won most often in kernels_peers_h100.json, each first checked on a NaN-poisoned
+Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults), "x_other" (the
+defaults with X_BCAST flipped) and, for 2:4, "prmt" and "prmt_bcast" (PRMT_GATHER with x as [1, W] / as
+[BLOCK_N, W]).
+
+Every variant runs the three one-token tilings that won most often in kernels_peers_h100.json, each first checked on a NaN-poisoned
 output against the CPU twin, then timed the kernels_peers way (one CUDA graph over weight copies adding
 up to more than 4x the L2, median of 20 replays), beside cuBLAS bf16 on the same shape.
 Output: DIR/gemv_variants.json; the summary (best tiling per case and variant) is printed.
@@ -40,10 +46,10 @@ import kernels_peers as kp  # noqa: E402
 from nmx.kernels import linear_reference  # noqa: E402
 from nmx.kernels.triton_gemv import gemv  # noqa: E402
 
-CASES = ["nvfp4", "mxfp4", "fp8_e4m3", "2:4+nvfp4", "2:4+mxfp4", "int4_g128"]
+CASES = ["2:4+int4_g128", "int4_g128", "nvfp4", "2:4+nvfp4", "mxfp4", "fp8_e4m3", "2:4+mxfp4"]
 SHAPES = ["4096x4096", "11008x4096", "4096x11008", "14336x4096"]
 # the tilings that won most often in kernels_peers_h100.json: (BLOCK_N, W, num_warps, PREFETCH)
-TILINGS = [(8, 256, 4, True), (4, 256, 2, True), (8, 128, 4, True), (16, 128, 4, True)]
+TILINGS = [(8, 256, 4, True), (4, 256, 2, True), (16, 128, 4, True)]
 
 
 def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict:
@@ -71,6 +77,8 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
             tiny = case.rpartition("+")[2] != "int4_g128"
             variants = ({"old": {"FOLD_SIGN": False}} if tiny else {})
             variants.update({"new": {}, "x_other": {"X_BCAST": not dense}})
+            if not dense:
+                variants.update({"prmt": {"PRMT_GATHER": True}, "prmt_bcast": {"PRMT_GATHER": True, "X_BCAST": True}})
             for name, extra in variants.items():
                 for bn, ww, warps, pf in TILINGS:
                     cfg = {"BLOCK_N": bn, "W": ww, "SPLIT_K": 1, "num_warps": warps, "num_stages": 1,

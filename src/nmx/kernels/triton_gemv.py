@@ -191,6 +191,38 @@ def _x_up(pairs, HIGH: tl.constexpr, TINY: tl.constexpr, ELEMENT: tl.constexpr, 
 
 
 @triton.jit
+def _prmt(a, b, sel, INTERP: tl.constexpr):
+    """PTX prmt.b32: byte i of the result is byte (sel >> 4i) & 7 of the eight bytes {b, a} (a holds 0..3);
+    the interpreter gets the same from shifts and masks."""
+    if INTERP:
+        out = tl.zeros_like(a)
+        for i in tl.static_range(4):
+            idx = (sel >> (4 * i)) & 7
+            byte = (tl.where(idx < 4, a, b) >> ((idx & 3) * 8)) & 0xFF
+            out = out | (byte << (8 * i))
+    else:
+        out = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel], dtype=tl.uint32,
+                                        is_pure=True, pack=1)
+    return out
+
+
+@triton.jit
+def _bf16x2_up(pair, zero, ELEMENT: tl.constexpr, INTERP: tl.constexpr):
+    """Both bf16 of each uint32 times 2^96 (e2m1) or 2^90 (e4m3), exactly (for |x| < 2^32): one packed multiply
+    (the constant pair 0x6F80 / 0x6C80 in a register: `zero` is a run-time 0)."""
+    if INTERP:
+        f: tl.constexpr = 79228162514264337593543950336.0 if ELEMENT == 1 else 1237940039285380274899124224.0
+        lo = ((pair << 16).to(tl.float32, bitcast=True) * f).to(tl.uint32, bitcast=True) >> 16
+        hi = ((pair & 0xFFFF0000).to(tl.float32, bitcast=True) * f).to(tl.uint32, bitcast=True) & 0xFFFF0000
+        out = hi | lo
+    else:
+        c = (zero + (0x6F806F80 if ELEMENT == 1 else 0x6C806C80)).to(tl.uint32, bitcast=True)
+        out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [pair, c], dtype=tl.uint32,
+                                        is_pure=True, pack=1)
+    return out
+
+
+@triton.jit
 def _w_tile(vals_ptr, meta_ptr, rows, n_mask, tile, KW, stride_w, stride_meta, valid, BITS: tl.constexpr,
             SPARSE: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr):
     """The words [BLOCK_N, W] (uint32) of K tile `tile` and, for 2:4, their metadata (else the words
@@ -213,7 +245,8 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
                   TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-                  FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = True):
+                  FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = True, PRMT_GATHER: tl.constexpr = False,
+                  INTERP: tl.constexpr = False):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
     operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
@@ -249,16 +282,37 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
         xcol = words1 * (WC // 2)  # first x pair of each word (1-D: x is small, its layout is what moves)
         part = tl.zeros((BLOCK_N, W), dtype=tl.float32)
         if SPARSE:
+            if PRMT_GATHER:
+                # every group's byte-permute selector at once: the 2-bit positions p0, p1 of the groups spread
+                # one to a nibble, then looked up (a byte permute of 0x76543210 is a table of (2p, 2p + 1) pairs)
+                sp = meta & 15 if BITS == 16 else meta
+                sp = (sp | (sp << 8)) & 0x00FF00FF
+                sp = (sp | (sp << 4)) & 0x0F0F0F0F
+                sp = (sp | (sp << 2)) & 0x33333333
+                table = (zero + 0x76543210).to(tl.uint32, bitcast=True)
+                sel_lo = _prmt(table, table, sp, INTERP)  # groups 0 and 1, in the low and high half
+                sel_hi = _prmt(table, table, sp >> 16, INTERP) if PER // 2 > 2 else sel_lo  # groups 2 and 3
             for g in tl.static_range(PER // 2):
                 pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, rows, EVEN, X_BCAST)
                 pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, rows, EVEN, X_BCAST)
-                x0 = _x_up(pa, False, TINY, ELEMENT, X_BCAST)
-                x1 = _x_up(pa, True, TINY, ELEMENT, X_BCAST)
-                x2 = _x_up(pb, False, TINY, ELEMENT, X_BCAST)
-                x3 = _x_up(pb, True, TINY, ELEMENT, X_BCAST)
-                # p0 in {0, 1, 2} and p1 in {1, 2, 3}: select x by testing the nibble's bits in place
-                xa = tl.where((meta & (2 << (4 * g))) != 0, x2, tl.where((meta & (1 << (4 * g))) != 0, x1, x0))
-                xb = tl.where((meta & (8 << (4 * g))) != 0, tl.where((meta & (4 << (4 * g))) != 0, x3, x2), x1)
+                if PRMT_GATHER:
+                    # one byte permute takes the two kept x (bf16) of the group out of its four: selector
+                    # nibbles 2 p0, 2 p0 + 1, 2 p1, 2 p1 + 1
+                    sel = sel_lo if g < 2 else sel_hi
+                    pair = _prmt(pa, pb, sel >> 16 if g % 2 else sel, INTERP)
+                    if TINY:
+                        pair = _bf16x2_up(pair, zero, ELEMENT, INTERP)
+                    xa = _x_half(pair, False, True)  # pair is [BLOCK_N, W] already
+                    xb = _x_half(pair, True, True)
+                else:
+                    x0 = _x_up(pa, False, TINY, ELEMENT, X_BCAST)
+                    x1 = _x_up(pa, True, TINY, ELEMENT, X_BCAST)
+                    x2 = _x_up(pb, False, TINY, ELEMENT, X_BCAST)
+                    x3 = _x_up(pb, True, TINY, ELEMENT, X_BCAST)
+                    # p0 in {0, 1, 2} and p1 in {1, 2, 3}: select x by testing the nibble's bits in place
+                    xa = tl.where((meta & (2 << (4 * g))) != 0, x2, tl.where((meta & (1 << (4 * g))) != 0, x1, x0))
+                    xb = tl.where((meta & (8 << (4 * g))) != 0, tl.where((meta & (4 << (4 * g))) != 0, x3, x2),
+                                  x1)
                 part += _dec_at(v, 2 * g, BITS, ELEMENT, zero, TINY) * xa
                 part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero, TINY) * xb
         else:
@@ -477,6 +531,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     prefetch = bool(cfg.pop("PREFETCH", False))
     fold = bool(cfg.pop("FOLD_SIGN", True))
     bcast = bool(cfg.pop("X_BCAST", not p.sparse24))
+    gather = bool(cfg.pop("PRMT_GATHER", False))
     one = block_m == 1
     if one and m != 1:
         raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
@@ -491,6 +546,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
                             0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
                             PREFETCH=prefetch, FOLD_SIGN=fold, X_BCAST=bcast,
+                            PRMT_GATHER=gather, INTERP=os.environ.get("TRITON_INTERPRET") == "1",
                             num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
