@@ -87,8 +87,12 @@ def test_weight_kernels_compile(compiled, fmt, pattern):
                                                         "num_stages": 3})
     gemv(torch.randn(1, 1024).to(torch.bfloat16), p, {"BLOCK_N": 8, "W": 32, "SPLIT_K": 1, "num_warps": 4,
                                                         "num_stages": 1, "PREFETCH": True})
+    # the switches, the 2:4 byte-permute gather's inline PTX (prmt, mul.rn.bf16x2) included
+    gemv(torch.randn(1, 1024).to(torch.bfloat16), p, {"BLOCK_N": 8, "W": 32, "SPLIT_K": 1, "num_warps": 4,
+                                                        "num_stages": 1, "PREFETCH": True, "FOLD_SIGN": False,
+                                                        "X_BCAST": True, "PRMT_GATHER": pattern is not None})
     word_linear(torch.randn(20, 1024).to(torch.bfloat16), p)
-    expected = 4
+    expected = 5
     if supports(p):
         for m in (1, 33):
             tc_linear(torch.randn(m, 1024).to(torch.bfloat16), p)

@@ -142,6 +142,43 @@ print("gemv ok")
     assert r.returncode == 0 and "gemv ok" in r.stdout, r.stderr[-2000:]
 
 
+def test_one_token_kernel_switches_compute_the_same_bits_in_the_interpreter():
+    """FOLD_SIGN (e2m1/e4m3 without the restoring multiply: x times 2^96/2^90, sums times 2^-30), X_BCAST (x
+    loaded in the weights' layout) and PRMT_GATHER (2:4 x gathered by byte permutes, emulated by shifts in
+    the interpreter) change how, not what: every combination gives the bits of the default config, and the
+    twin's answer, on every format x pattern, with E2M1/E4M3 subnormals, a ragged K and x from 1e-6 to 1e9."""
+    code = r"""
+import torch
+from nmx.kernels import pack, linear_reference
+from nmx.kernels.triton_gemv import gemv
+from nmx.sparsity.masks import nm_mask
+torch.manual_seed(1)
+for fmt in [None, "mxfp4", "nvfp4", "int4_g32", "fp8_e4m3", "mxfp8_e4m3"]:
+    for pat in (None, "2:4"):
+        w = torch.randn(20, 320) / 16
+        w[0, :8] = torch.tensor([3.0, -2.5, 1e-9, 0.0, 6.0, -6.0, 0.5, -0.25])
+        w[1, :4] = torch.tensor([2.0**-8, -(2.0**-9), 2.0**-7, 1e-3])
+        w = w * nm_mask(w.abs(), 2, 4) if pat else w
+        p = pack(w, fmt, pat)
+        # x over 15 decades in one vector (the row sums stay finite in bf16)
+        x = (torch.randn(1, 320) * 10.0 ** torch.randint(-6, 10, (1, 320)).float()).to(torch.bfloat16)
+        r = linear_reference(x, p).float()
+        base = dict(BLOCK_N=8, W=8, SPLIT_K=1, num_warps=4, num_stages=1, PREFETCH=True)
+        ref = gemv(x, p, dict(base, FOLD_SIGN=False), poison=True)
+        err = float((ref.float() - r).norm() / r.norm())
+        assert err < 1e-2, (fmt, pat, err)
+        for fold, bc, pg in ((True, False, False), (False, True, False), (False, False, True), (True, True, True)):
+            if pg and not pat:
+                continue
+            y = gemv(x, p, dict(base, FOLD_SIGN=fold, X_BCAST=bc, PRMT_GATHER=pg), poison=True)
+            assert torch.equal(y, ref), (fmt, pat, fold, bc, pg, float((y.float() - ref.float()).abs().max()))
+print("switches ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0 and "switches ok" in r.stdout, r.stderr[-2000:]
+
+
 TC_FORMATS = ["int4_g128", "int4_g32", "mxfp4", "nvfp4", "fp8_e4m3", "mxfp8_e4m3"]
 TC_CASES = [(f, None) for f in TC_FORMATS] + [(f, "2:4") for f in ("int4_g128", "nvfp4", "mxfp4", "fp8_e4m3")]
 
@@ -250,6 +287,15 @@ def test_one_token_kernel_on_the_gpu(fmt, pattern):
         y = gemv(x, p, cfg, poison=True).float()
         assert torch.isfinite(y).all() and float((y - r).norm() / r.norm()) < 1e-2, cfg
     assert torch.equal(linear(x, p), gemv(x, p))
+    # the config switches (PTX prmt / mul.bf16x2 for PRMT_GATHER: checked only here) give the same bits
+    base = {"BLOCK_N": 8, "W": 64, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1, "PREFETCH": True}
+    ref = gemv(x, p, {**base, "FOLD_SIGN": False}, poison=True)
+    for fold, bc, pg in [(True, False, False), (True, True, False), (False, True, False), (True, False, True),
+                         (True, True, True)]:
+        if pg and not pattern:
+            continue
+        y = gemv(x, p, {**base, "FOLD_SIGN": fold, "X_BCAST": bc, "PRMT_GATHER": pg}, poison=True)
+        assert torch.equal(y, ref), (fold, bc, pg, float((y.float() - ref.float()).abs().max()))
 
 
 @pytest.mark.gpu

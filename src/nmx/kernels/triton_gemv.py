@@ -6,14 +6,17 @@ instruction count, not the tensor cores:
 
 - W is read as int32 words (16-byte vector loads of consecutive words along K), never as bytes;
 - each element is decoded with integer bit moves into float32 bits, no conversion instructions
-  (those run at 1/8 rate): e2m1 and e4m3 bits are dropped into a float32's exponent/mantissa, which
-  is the value times 2^-126 (2^-120), and one multiply by +-2^126 (+-2^120) restores value and sign
-  (float32 subnormals are exact, so E2M1 0.5 and E4M3's subnormals come out right); int4 uses the
-  2^23 magic number (code ^ 8 in a float's mantissa, minus 2^23 + 8); bf16 is a shift;
+  (those run at 1/8 rate): e2m1 and e4m3 bits are dropped into a float32's exponent/mantissa, with
+  the sign or-ed into bit 31, which is the signed value times 2^-126 (2^-120); float32 subnormals are
+  exact, so E2M1 0.5 and E4M3's subnormals come out right. Instead of a multiply per weight to
+  restore the scale, x comes in times 2^96 (2^90) and the sums go out times 2^30 (FOLD_SIGN; the
+  older decode multiplied each weight by +-2^126); int4 uses the 2^23 magic number (code ^ 8 in a
+  float's mantissa, minus 2^23 + 8); bf16 is a shift;
 - the products of a word are summed first and the word's block scale multiplies that partial sum
   once (a word never straddles a scale block: blocks are >= 16 columns, words <= 16);
 - 2:4: each group's two kept values multiply the x entries their positions select (selects, not
-  a dense expansion); the metadata of a word's groups is one load.
+  a dense expansion); the metadata of a word's groups is one load. PRMT_GATHER takes both kept x of a
+  group with one byte permute (PTX prmt) instead of compares and selects.
 
 Each program owns BLOCK_N rows and W words per step; SPLIT_K > 1 splits K over programs and adds
 float32 partial sums with atomics (for shapes with too few row blocks to fill the GPU).
@@ -522,7 +525,11 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
                 poison: bool = False) -> torch.Tensor:
     """y [M, N] (bf16) = x [M, K] (bf16, contiguous rows) W^T on the GPU. BLOCK_M = 1 in the config
     (the default for M = 1) runs the one-token kernel (M must be 1); BLOCK_M >= 16 the tensor cores.
-    `poison` fills the output with NaN first (tests: every element must be written)."""
+    `poison` fills the output with NaN first (tests: every element must be written).
+    One-token config switches beside the tiling (each the same arithmetic; benchmarks/gemv_variants.py times
+    them): PREFETCH (next tile's words loaded ahead), FOLD_SIGN (default on: e2m1/e4m3 without a multiply per
+    weight), X_BCAST (x loaded in the weights' layout, no shared-memory conversion; off until timed) and
+    PRMT_GATHER (2:4: kept x gathered by byte permutes; off until timed)."""
     m, k = x.shape
     cfg = dict(config or default_config(m, p.n, k, p))
     words = k // word_columns(p)
@@ -530,7 +537,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     prefetch = bool(cfg.pop("PREFETCH", False))
     fold = bool(cfg.pop("FOLD_SIGN", True))
-    bcast = bool(cfg.pop("X_BCAST", not p.sparse24))
+    bcast = bool(cfg.pop("X_BCAST", False))
     gather = bool(cfg.pop("PRMT_GATHER", False))
     one = block_m == 1
     if one and m != 1:
