@@ -298,12 +298,15 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
             for g in tl.static_range(PER // 2):
                 pa = _x_load(x32_ptr + xcol + 2 * g, words1, KW, rows, EVEN, X_BCAST)
                 pb = _x_load(x32_ptr + xcol + 2 * g + 1, words1, KW, rows, EVEN, X_BCAST)
+                if PRMT_GATHER and TINY and not X_BCAST:  # x scaled up once a column, before the broadcast
+                    pa = _bf16x2_up(pa, zero, ELEMENT, INTERP)
+                    pb = _bf16x2_up(pb, zero, ELEMENT, INTERP)
                 if PRMT_GATHER:
                     # one byte permute takes the two kept x (bf16) of the group out of its four: selector
                     # nibbles 2 p0, 2 p0 + 1, 2 p1, 2 p1 + 1
                     sel = sel_lo if g < 2 else sel_hi
                     pair = _prmt(pa, pb, sel >> 16 if g % 2 else sel, INTERP)
-                    if TINY:
+                    if TINY and X_BCAST:
                         pair = _bf16x2_up(pair, zero, ELEMENT, INTERP)
                     xa = _x_half(pair, False, True)  # pair is [BLOCK_N, W] already
                     xb = _x_half(pair, True, True)
