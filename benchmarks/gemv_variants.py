@@ -1,4 +1,4 @@
-"""Three changes to the one-token kernel, each against the way before, in one run on one GPU (M = 1).
+"""Four changes to the one-token kernel, each against the way before, in one run on one GPU (M = 1).
 
     python benchmarks/gemv_variants.py --out DIR [--shapes 4096x4096,...] [--cases nvfp4,...] [--budget-s 200]
 
@@ -17,9 +17,14 @@ PRMT_GATHER (2:4). False selects each kept weight's x out of its group's four wi
 selector looked up for all groups of a word at once (sass_count.py: 2:4+int4 4.58 -> 3.80 instructions per
 dense weight, below dense int4's 4.36).
 
+INT4_FMA (dense int4). False decodes each weight with a logic op and a subtract; True reads each nibble where
+one of four byte moves of the word puts it, as 1 + q/128 or 16 + q/128, and takes the constant parts off once
+a word with a row-independent x sum (sass_count.py: 4.34 -> 3.83 instructions per weight; word sums round
+within ~2^-13, outputs within 1 bf16 ulp of the default).
+
 Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults), "x_other" (the
-defaults with X_BCAST flipped) and, for 2:4, "prmt" and "prmt_bcast" (PRMT_GATHER with x as [1, W] / as
-[BLOCK_N, W]).
+defaults with X_BCAST flipped), for 2:4 "prmt" and "prmt_bcast" (PRMT_GATHER with x as [1, W] / as
+[BLOCK_N, W]), for dense int4 "int4_fma" and "int4_fma_bcast".
 
 Every variant runs the three one-token tilings that won most often in kernels_peers_h100.json, each first checked on a NaN-poisoned
 output against the CPU twin, then timed the kernels_peers way (one CUDA graph over weight copies adding
@@ -79,6 +84,8 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
             variants.update({"new": {}, "x_other": {"X_BCAST": not dense}})
             if not dense:
                 variants.update({"prmt": {"PRMT_GATHER": True}, "prmt_bcast": {"PRMT_GATHER": True, "X_BCAST": True}})
+            elif not tiny:
+                variants.update({"int4_fma": {"INT4_FMA": True}, "int4_fma_bcast": {"INT4_FMA": True, "X_BCAST": True}})
             for name, extra in variants.items():
                 for bn, ww, warps, pf in TILINGS:
                     cfg = {"BLOCK_N": bn, "W": ww, "SPLIT_K": 1, "num_warps": warps, "num_stages": 1,

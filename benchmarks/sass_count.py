@@ -35,7 +35,7 @@ DIVISIBLE = ("x32_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "KW"
 
 def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int, stages: int,
                  prefetch: bool = False, fold_sign: bool = True, x_bcast: bool = True,
-                 prmt_gather: bool = False):
+                 prmt_gather: bool = False, int4_fma: bool = False):
     element, scale = kernel_format(fmt)
     bits = tg.ELEMENT_BITS[element]
     block = {"mxfp4": 32, "mxfp8_e4m3": 32, "nvfp4": 16}.get(fmt or "", 0)
@@ -46,7 +46,8 @@ def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int
            "N": "i32", "KW": "i32", "stride_w": "i32", "stride_meta": "i32", "stride_s": "i32", "zero": "i32"}
     const = dict(ELEMENT=tg.ELEMENT_IDS[element], SCALE=tg.SCALE_IDS[scale], BLOCK=block or 1, SPARSE=sparse,
                  BITS=bits, BLOCK_N=block_n, W=w, SPLIT_K=1, TILES_PER_SPLIT=8, EVEN=True, PREFETCH=prefetch,
-                 FOLD_SIGN=fold_sign, X_BCAST=x_bcast, PRMT_GATHER=prmt_gather, INTERP=False)
+                 FOLD_SIGN=fold_sign, X_BCAST=x_bcast, PRMT_GATHER=prmt_gather, INTERP=False,
+                 INT4_FMA=int4_fma)
     sig.update({k: "constexpr" for k in const})
     names = list(tg._gemv1_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in DIVISIBLE}
@@ -117,6 +118,7 @@ def main() -> None:
                     help="x loaded as a [1, W] tile (the older way: a layout conversion through shared memory)")
     ap.add_argument("--x-bcast", action="store_true", help="2:4: x loaded as [BLOCK_N, W] (default for dense)")
     ap.add_argument("--prmt", action="store_true", help="2:4: gather the kept x with one byte permute a group")
+    ap.add_argument("--int4-fma", action="store_true", help="int4: one logic op and one FMA a weight")
     ap.add_argument("--dump", default=None, help="write the loop's instructions here")
     ap.add_argument("--tc", action="store_true", help="the tensor-core kernel (triton_tc.py); --w is then BLOCK_K")
     ap.add_argument("--block-m", type=int, default=16, help="--tc only")
@@ -127,7 +129,8 @@ def main() -> None:
         k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages, sparse)
     else:
         k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages, args.prefetch,
-                         not args.no_fold_sign, (not sparse or args.x_bcast) and not args.no_x_bcast, args.prmt)
+                         not args.no_fold_sign, (not sparse or args.x_bcast) and not args.no_x_bcast, args.prmt,
+                         args.int4_fma)
     body = main_loop(k.asm["cubin"])
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in body)
     element = kernel_format(fmt)[0]

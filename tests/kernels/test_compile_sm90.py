@@ -93,6 +93,10 @@ def test_weight_kernels_compile(compiled, fmt, pattern):
                                                         "X_BCAST": True, "PRMT_GATHER": pattern is not None})
     word_linear(torch.randn(20, 1024).to(torch.bfloat16), p)
     expected = 5
+    if fmt == "int4_g128" and not pattern:
+        gemv(torch.randn(1, 1024).to(torch.bfloat16), p, {"BLOCK_N": 8, "W": 32, "SPLIT_K": 1, "num_warps": 4,
+                                                            "num_stages": 1, "PREFETCH": True, "INT4_FMA": True})
+        expected += 1
     if supports(p):
         for m in (1, 33):
             tc_linear(torch.randn(m, 1024).to(torch.bfloat16), p)

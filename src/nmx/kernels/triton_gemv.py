@@ -226,6 +226,50 @@ def _bf16x2_up(pair, zero, ELEMENT: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
+def _int4_fma_part(v, x32_ptr, xcol, words1, KW, rows, EVEN: tl.constexpr, BCAST: tl.constexpr, zero):
+    """sum_j x_j (q_j - 8) / 128 over each int4 word's 8 slots, with one logic op and one FMA a weight.
+
+    Each nibble is read where it lies after one of four byte moves of the word (v, v << 8, v >> 8, v rotated
+    by 16: 3 shifts for 8 weights) at bits 16-19 (even slots) or 12-15 (odd slots), flipped to offset binary
+    and dropped into a float with exponent 0 or 4: 1 + q/128 or 16 + q/128, both exact, and both exact
+    times a bf16 x. The constant parts are taken off once a word, by the x sum sum_j x_j (base_j + 1/16),
+    which is the same for every row. The products are exact; the word's 8-term sum rounds at ~2^-24 of its
+    largest term (16 |x|), ~2^-13 of the result: the price of the subtract per weight it saves."""
+    c0 = v
+    c1 = v << 8
+    c2 = v >> 8
+    c3 = (v << 16) | (v >> 16)
+    lo: tl.constexpr = 0x00080000 ^ 0x3F800000  # flip + exponent of 1.0 for bits 16-19
+    hi: tl.constexpr = 0x00008000 ^ 0x41800000  # flip + exponent of 16.0 for bits 12-15
+    flip4 = (zero + lo).to(tl.uint32, bitcast=True)
+    flip3 = (zero + hi).to(tl.uint32, bitcast=True)
+    part = tl.zeros(v.shape, dtype=tl.float32)
+    corr = tl.zeros(v.shape, dtype=tl.float32)
+    for q in tl.static_range(4):
+        pr = _x_load(x32_ptr + xcol + q, words1, KW, rows, EVEN, BCAST)
+        xe = _x_half(pr, False, BCAST)  # column 2q: slot q
+        xo = _x_half(pr, True, BCAST)  # column 2q + 1: slot q + 4
+        # slot q and slot q + 4 lie in the same copy: (slot 0, 4): c3 / c0, (1, 5): c1 / c2, (2, 6): c1 / c2,
+        # (3, 7): c0 / c3; even slots at bits 16-19, odd slots at bits 12-15
+        if q == 0:
+            we = ((c3 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
+            wo = ((c0 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
+        elif q == 1:
+            we = ((c1 & 0x0000F000) ^ flip3).to(tl.float32, bitcast=True)
+            wo = ((c2 & 0x0000F000) ^ flip3).to(tl.float32, bitcast=True)
+        elif q == 2:
+            we = ((c1 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
+            wo = ((c2 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
+        else:
+            we = ((c0 & 0x0000F000) ^ flip3).to(tl.float32, bitcast=True)
+            wo = ((c3 & 0x0000F000) ^ flip3).to(tl.float32, bitcast=True)
+        part += we * xe
+        part += wo * xo
+        corr += (xe + xo) * (1.0625 if q % 2 == 0 else 16.0625)
+    return part - corr
+
+
+@triton.jit
 def _w_tile(vals_ptr, meta_ptr, rows, n_mask, tile, KW, stride_w, stride_meta, valid, BITS: tl.constexpr,
             SPARSE: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr):
     """The words [BLOCK_N, W] (uint32) of K tile `tile` and, for 2:4, their metadata (else the words
@@ -249,7 +293,7 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
                   TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
                   FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = True, PRMT_GATHER: tl.constexpr = False,
-                  INTERP: tl.constexpr = False):
+                  INTERP: tl.constexpr = False, INT4_FMA: tl.constexpr = False):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
     operand, changes layout through shared memory). EVEN: the split's tiles cover the row exactly
@@ -323,7 +367,9 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                 part += _dec_at(v, 2 * g + 1, BITS, ELEMENT, zero, TINY) * xb
         else:
             PAIRS: tl.constexpr = PER // 2
-            if PAIRS == 4 and not X_BCAST:  # x for the whole tile in one vector load, split into 4 pairs
+            if INT4_FMA:  # int4 without the subtract per weight (see `_int4_fma_part`)
+                part = _int4_fma_part(v, x32_ptr, xcol, words1, KW, rows, EVEN, X_BCAST, zero)
+            elif PAIRS == 4 and not X_BCAST:  # x for the whole tile in one vector load, split into 4 pairs
                 xp = x32_ptr + xcol[:, None] + tl.arange(0, 4)[None, :]
                 xt = tl.load(xp) if EVEN else tl.load(xp, mask=(words1 < KW)[:, None], other=0)
                 xt = xt.to(tl.uint32, bitcast=True)
@@ -357,6 +403,8 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
     out = tl.sum(acc, axis=1)
     if TINY:
         out = out * 1073741824.0  # 2^30
+    if INT4_FMA:
+        out = out * 128.0
     if SCALE == 2:
         out = out * tensor_scale
     if SPLIT_K == 1:
@@ -542,6 +590,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     fold = bool(cfg.pop("FOLD_SIGN", True))
     bcast = bool(cfg.pop("X_BCAST", False))
     gather = bool(cfg.pop("PRMT_GATHER", False))
+    int4_fma = bool(cfg.pop("INT4_FMA", False)) and p.element == "int4" and not p.sparse24
     one = block_m == 1
     if one and m != 1:
         raise ValueError(f"config {config}: BLOCK_M = 1 is the one-token kernel, x has {m} rows")
@@ -556,7 +605,7 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
         _gemv1_kernel[grid](x.view(torch.int32), a.vals, a.meta, a.scales, y, a.tensor_scale, p.n, words, *a.strides,
                             0, **a.consts, W=w, SPLIT_K=split, TILES_PER_SPLIT=tiles, EVEN=words % (w * split) == 0,
                             PREFETCH=prefetch, FOLD_SIGN=fold, X_BCAST=bcast,
-                            PRMT_GATHER=gather, INTERP=os.environ.get("TRITON_INTERPRET") == "1",
+                            PRMT_GATHER=gather, INT4_FMA=int4_fma, INTERP=os.environ.get("TRITON_INTERPRET") == "1",
                             num_warps=warps, num_stages=stages, **cfg)
     else:
         grid = (triton.cdiv(p.n, cfg["BLOCK_N"]), split, triton.cdiv(m, block_m))
