@@ -2,15 +2,15 @@
 
     python benchmarks/gemv_variants.py --out DIR [--shapes 4096x4096,...] [--cases nvfp4,...] [--budget-s 200]
 
-FOLD_SIGN (e2m1 / e4m3 weights). False is the older decode: each weight is its value times 2^-126 (2^-120 for e4m3) and one
-multiply by +-2^126 restores value and sign. FOLD_SIGN True (the default now) or-s the sign bit in and
-leaves the 2^-126 in place: x comes in times 2^96 (2^90) and the row sums go out times 2^30, so a
-multiply per weight is gone (sass_count.py: nvfp4 7.39 -> 6.52 instructions per dense weight).
+FOLD_SIGN (e2m1 / e4m3 weights). False is the older decode: each weight is its value times 2^-126
+(2^-120 for e4m3) and one multiply by +-2^126 restores value and sign. FOLD_SIGN True (the default now)
+or-s the sign bit in and leaves the 2^-126 in place: x comes in times 2^96 (2^90) and the row sums go out
+times 2^30, so a multiply per weight is gone (sass_count.py: nvfp4 7.39 -> 6.52 instructions per weight).
 
-X_BCAST (every format). False is the older x load: a [1, W] tile that the compiler moves into the weights'
-register layout through shared memory (~18 barriers a tile); True loads it as [BLOCK_N, W] (one address
-down each column) straight into that layout: the same instruction count for dense weights, no barrier.
-The default is True for dense weights, False for 2:4 (there the broadcast costs instructions).
+X_BCAST (every format; off by default until timed). False is the older x load: a [1, W] tile that the
+compiler moves into the weights' register layout through shared memory (~18 barriers a tile); True loads
+it as [BLOCK_N, W] (one address down each column) straight into that layout: about the same instruction
+count for dense weights, no barrier (for 2:4 with selects it costs instructions).
 
 PRMT_GATHER (2:4). False selects each kept weight's x out of its group's four with compares and selects
 (~11 instructions a group); True takes both kept x of a group with one byte permute (PTX prmt), its
@@ -22,13 +22,14 @@ one of four byte moves of the word puts it, as 1 + q/128 or 16 + q/128, and take
 a word with a row-independent x sum (sass_count.py: 4.34 -> 3.83 instructions per weight; word sums round
 within ~2^-13, outputs within 1 bf16 ulp of the default).
 
-Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults), "x_other" (the
-defaults with X_BCAST flipped), for 2:4 "prmt" and "prmt_bcast" (PRMT_GATHER with x as [1, W] / as
+Variants per case: "old" (FOLD_SIGN False, e2m1 / e4m3 only), "new" (the defaults), "x_bcast" (the
+defaults with X_BCAST), for 2:4 "prmt" and "prmt_bcast" (PRMT_GATHER with x as [1, W] / as
 [BLOCK_N, W]), for dense int4 "int4_fma" and "int4_fma_bcast".
 
-Every variant runs the three one-token tilings that won most often in kernels_peers_h100.json, each first checked on a NaN-poisoned
-output against the CPU twin, then timed the kernels_peers way (one CUDA graph over weight copies adding
-up to more than 4x the L2, median of 20 replays), beside cuBLAS bf16 on the same shape.
+Every variant runs the three one-token tilings that won most often in kernels_peers_h100.json, each first
+checked on a NaN-poisoned output against the CPU twin, then timed the kernels_peers way (one CUDA graph
+over weight copies adding up to more than 4x the L2, median of 20 replays), beside cuBLAS bf16 on the
+same shape.
 Output: DIR/gemv_variants.json; the summary (best tiling per case and variant) is printed.
 """
 
@@ -68,7 +69,7 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
         n, k = kp.SHAPES[sname]
         w = kp.make_weight(n, k, False, "cuda", seed=11).to(torch.bfloat16)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        t_cublas = kp.gtime(lambda ww: F.linear(x, ww), kp.clones(w, n * k * 2))
+        t_cublas = kp.gtime(lambda ww, x=x: F.linear(x, ww), kp.clones(w, n * k * 2))
         res["rows"].append({"shape": sname, "impl": "cublas_bf16", "time_s": t_cublas})
         for case in cases:
             if time.monotonic() > end:
@@ -81,7 +82,7 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
             dense = not case.startswith("2:4")
             tiny = case.rpartition("+")[2] != "int4_g128"
             variants = ({"old": {"FOLD_SIGN": False}} if tiny else {})
-            variants.update({"new": {}, "x_other": {"X_BCAST": not dense}})
+            variants.update({"new": {}, "x_bcast": {"X_BCAST": True}})
             if not dense:
                 variants.update({"prmt": {"PRMT_GATHER": True}, "prmt_bcast": {"PRMT_GATHER": True, "X_BCAST": True}})
             elif not tiny:
@@ -95,7 +96,7 @@ def run(out: Path, shapes: list[str], cases: list[str], budget_s: float) -> dict
                         err = kp.rel(gemv(xf, p, cfg, poison=True).float(), linear_reference(xf, p).float())
                         if not err < 1e-2:
                             raise ValueError(f"twin rel err {err:.2e}")
-                        t = kp.gtime(lambda q: gemv(x, q, cfg), copies)
+                        t = kp.gtime(lambda q, x=x, cfg=cfg: gemv(x, q, cfg), copies)
                     except Exception as e:  # noqa: BLE001
                         res["rows"].append({"shape": sname, "case": case, "variant": name, "config": cfg,
                                             "error": f"{type(e).__name__}: {str(e)[:160]}"})
