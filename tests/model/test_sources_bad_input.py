@@ -3,7 +3,6 @@ Hugging Face folders, files that are not models, missing paths, misspelled names
 once, briefly and quietly, and never offline), a damaged cache of the built-in model."""
 
 import io
-import json
 import logging
 import os
 import shutil
