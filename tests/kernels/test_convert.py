@@ -264,7 +264,8 @@ def _recipe(tmp_path, tiny_model_dir, text_file, **sections):
 
 def test_nmx_run_kernels_end_to_end(tmp_path, tiny_model_dir, text_file, capsys, monkeypatch):
     """On the CPU: one warning that the twin runs; perplexity through the kernels agrees with the bf16
-    fake-quant model within the bound (bit for bit here: sigma = 0); result.json and report.md say so; the saved
+    fake-quant model within the bound (to ~1e-6: the twin sums in float32, the CPU's bf16 matmul in its own
+    order, bit for bit on some CPUs and torch builds, not on others); result.json and report.md say so; the saved
     weights are those of the fake-quant run (the bf16 cast is undone)."""
     recipe = _recipe(tmp_path, tiny_model_dir, text_file, sparsity={"method": "wanda", "pattern": "2:4"},
                      quantization={"weights": "nvfp4"})
@@ -274,9 +275,9 @@ def test_nmx_run_kernels_end_to_end(tmp_path, tiny_model_dir, text_file, capsys,
     assert err.count("CPU reference twin") == 1, err
     k = json.loads((tmp_path / "k" / "result.json").read_text())["kernels"]
     assert k["backend"] == "reference" and k["paths"]["reference"] > 0 and k["converted_layers"] == 14
-    assert k["within_bound"] and k["relative_difference"] == 0 == k["nll_difference_sigma"]
-    assert k["bound"] <= PPL_CAP
-    assert k["tokens"] == 3 * 63 and k["reference_perplexity"] == k["perplexity"]
+    assert k["within_bound"] and k["relative_difference"] <= min(k["bound"], 1e-5)
+    assert k["bound"] <= PPL_CAP and k["nll_difference_sigma"] < 1e-3
+    assert k["tokens"] == 3 * 63 and abs(k["reference_perplexity"] / k["perplexity"] - 1) <= 1e-5
     assert abs(k["vs_fp32_fake_quant"]) < 1e-2 and k["dtype"] == "bfloat16"
     assert "through nmx.kernels (reference" in (tmp_path / "k" / "report.md").read_text()
     assert "through nmx.kernels (reference): perplexity" in out
