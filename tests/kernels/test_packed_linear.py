@@ -130,8 +130,8 @@ for fmt in [None, "mxfp4", "nvfp4", "int4_g128", "int4_g32", "fp8_e4m3", "mxfp8_
         p = pack(w, fmt, pat)
         x = torch.randn(1, 256).to(torch.bfloat16)
         r = linear_reference(x, p).float()
-        for cfg in (dict(BLOCK_N=16, W=4, SPLIT_K=1), dict(BLOCK_N=8, W=2, SPLIT_K=2),
-                    dict(BLOCK_N=8, W=2, SPLIT_K=1, PREFETCH=True), dict(BLOCK_N=8, W=4, SPLIT_K=2, PREFETCH=True)):
+        # one row block; split-K with prefetching (the switches test below runs a third tiling on every format)
+        for cfg in (dict(BLOCK_N=16, W=4, SPLIT_K=1), dict(BLOCK_N=8, W=4, SPLIT_K=2, PREFETCH=True)):
             y = gemv(x, p, {**cfg, "num_warps": 4, "num_stages": 1}).float()
             err = float((y - r).norm() / r.norm())
             assert err < 1e-2, ("gemv", fmt, pat, cfg, err)

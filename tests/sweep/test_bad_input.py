@@ -119,7 +119,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("address, phrase", [
-    (f"127.0.0.1:{_closed_port()}", "cannot reach a Ray head there"),
+    ("127.0.0.1:CLOSED", "cannot reach a Ray head there"),  # a port found closed when the test runs
     ("no-port-here", "give HOST:PORT"),
     ("10.0.0.1:99999", "give HOST:PORT"),
 ])
@@ -127,6 +127,7 @@ def test_unreachable_address_is_bounded(address, phrase, write_sweep, tmp_path, 
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("Ray is initialized in this process")
+    address = address.replace("CLOSED", str(_closed_port()))  # not at collection: the same test ids in every worker
     t0 = time.perf_counter()
     code, err, out = _sweep([write_sweep(GRID), "--address", address], capsys, monkeypatch, tmp_path)
     assert time.perf_counter() - t0 < 20
