@@ -34,7 +34,7 @@ DIVISIBLE = ("x32_ptr", "vals_ptr", "meta_ptr", "scales_ptr", "y_ptr", "N", "KW"
 
 
 def compile_gemv(fmt: str | None, sparse: bool, block_n: int, w: int, warps: int, stages: int,
-                 prefetch: bool = False, fold_sign: bool = True, x_bcast: bool = True,
+                 prefetch: bool = False, fold_sign: bool = True, x_bcast: bool = False,
                  prmt_gather: bool = False, int4_fma: bool = False):
     element, scale = kernel_format(fmt)
     bits = tg.ELEMENT_BITS[element]
@@ -114,9 +114,8 @@ def main() -> None:
     ap.add_argument("--prefetch", action="store_true", help="the one-token kernel's PREFETCH config")
     ap.add_argument("--no-fold-sign", action="store_true",
                     help="the older e2m1/e4m3 decode (a multiply by +-2^126 / 2^120 per weight)")
-    ap.add_argument("--no-x-bcast", action="store_true",
-                    help="x loaded as a [1, W] tile (the older way: a layout conversion through shared memory)")
-    ap.add_argument("--x-bcast", action="store_true", help="2:4: x loaded as [BLOCK_N, W] (default for dense)")
+    ap.add_argument("--x-bcast", action="store_true",
+                    help="x loaded as [BLOCK_N, W], in the weights' layout (the kernel's X_BCAST; off by default)")
     ap.add_argument("--prmt", action="store_true", help="2:4: gather the kept x with one byte permute a group")
     ap.add_argument("--int4-fma", action="store_true", help="int4: one logic op and one FMA a weight")
     ap.add_argument("--dump", default=None, help="write the loop's instructions here")
@@ -129,7 +128,7 @@ def main() -> None:
         k = compile_tc(fmt, args.block_m, args.block_n, args.w, args.warps, args.stages, sparse)
     else:
         k = compile_gemv(fmt, sparse, args.block_n, args.w, args.warps, args.stages, args.prefetch,
-                         not args.no_fold_sign, (not sparse or args.x_bcast) and not args.no_x_bcast, args.prmt,
+                         not args.no_fold_sign, args.x_bcast, args.prmt,
                          args.int4_fma)
     body = main_loop(k.asm["cubin"])
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in body)

@@ -36,6 +36,9 @@ from nmx.kernels.layout import PackedLinear
 
 ELEMENT_IDS = {"bf16": 0, "e2m1": 1, "int4": 2, "e4m3": 3}
 SCALE_IDS = {None: 0, "e8m0": 1, "ue4m3": 2, "fp16": 3}
+# FOLD_SIGN: x is scaled up by these where e2m1 / e4m3 weights decode as value * 2^-126 / 2^-120 (see `_dec_at`)
+X_UP_E2M1 = tl.constexpr(2.0**96)
+X_UP_E4M3 = tl.constexpr(2.0**90)
 ELEMENT_BITS = {"bf16": 16, "e2m1": 4, "int4": 4, "e4m3": 8}
 
 
@@ -73,7 +76,7 @@ def _dec_at(v, j: tl.constexpr, BITS: tl.constexpr, ELEMENT: tl.constexpr, zero,
     `zero` is a run-time 0 added to the constants: it keeps them in registers, so that the compiler
     can fold a mask and a constant into one three-input logic instruction (LOP3).
     TINY (e2m1, e4m3): return the signed value times 2^-126 (2^-120) as it lies in the bits, without the
-    multiply that restores it; the caller scales x up and the sum down instead (see `_x_scaled`)."""
+    multiply that restores it; the caller scales x up and the sum down instead (see `_x_up`)."""
     if ELEMENT == 2:
         i: tl.constexpr = j % 4
         src = v if j < 4 else v >> 16
@@ -189,7 +192,7 @@ def _x_up(pairs, HIGH: tl.constexpr, TINY: tl.constexpr, ELEMENT: tl.constexpr, 
     """`_x_half`, times 2^96 (e2m1) or 2^90 (e4m3) where the weights decode TINY (see `_dec_at`)."""
     out = _x_half(pairs, HIGH, BCAST)
     if TINY:
-        out = out * (79228162514264337593543950336.0 if ELEMENT == 1 else 1237940039285380274899124224.0)
+        out = out * (X_UP_E2M1 if ELEMENT == 1 else X_UP_E4M3)
     return out
 
 
@@ -214,7 +217,7 @@ def _bf16x2_up(pair, zero, ELEMENT: tl.constexpr, INTERP: tl.constexpr):
     """Both bf16 of each uint32 times 2^96 (e2m1) or 2^90 (e4m3), exactly (for |x| < 2^32): one packed multiply
     (the constant pair 0x6F80 / 0x6C80 in a register: `zero` is a run-time 0)."""
     if INTERP:
-        f: tl.constexpr = 79228162514264337593543950336.0 if ELEMENT == 1 else 1237940039285380274899124224.0
+        f: tl.constexpr = X_UP_E2M1 if ELEMENT == 1 else X_UP_E4M3
         lo = ((pair << 16).to(tl.float32, bitcast=True) * f).to(tl.uint32, bitcast=True) >> 16
         hi = ((pair & 0xFFFF0000).to(tl.float32, bitcast=True) * f).to(tl.uint32, bitcast=True) & 0xFFFF0000
         out = hi | lo
@@ -249,8 +252,8 @@ def _int4_fma_part(v, x32_ptr, xcol, words1, KW, rows, EVEN: tl.constexpr, BCAST
         pr = _x_load(x32_ptr + xcol + q, words1, KW, rows, EVEN, BCAST)
         xe = _x_half(pr, False, BCAST)  # column 2q: slot q
         xo = _x_half(pr, True, BCAST)  # column 2q + 1: slot q + 4
-        # slot q and slot q + 4 lie in the same copy: (slot 0, 4): c3 / c0, (1, 5): c1 / c2, (2, 6): c1 / c2,
-        # (3, 7): c0 / c3; even slots at bits 16-19, odd slots at bits 12-15
+        # where slots q and q + 4 lie: (0, 4) in c3 / c0, (1, 5) in c1 / c2, (2, 6) in c1 / c2, (3, 7) in c0 / c3;
+        # even slots at bits 16-19, odd slots at bits 12-15
         if q == 0:
             we = ((c3 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
             wo = ((c0 & 0x000F0000) ^ flip4).to(tl.float32, bitcast=True)
@@ -292,7 +295,7 @@ def _gemv1_kernel(x32_ptr, vals_ptr, meta_ptr, scales_ptr, y_ptr, tensor_scale, 
                   ELEMENT: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, SPARSE: tl.constexpr,
                   BITS: tl.constexpr, BLOCK_N: tl.constexpr, W: tl.constexpr, SPLIT_K: tl.constexpr,
                   TILES_PER_SPLIT: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-                  FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = True, PRMT_GATHER: tl.constexpr = False,
+                  FOLD_SIGN: tl.constexpr = True, X_BCAST: tl.constexpr = False, PRMT_GATHER: tl.constexpr = False,
                   INTERP: tl.constexpr = False, INT4_FMA: tl.constexpr = False):
     """One token: FMAs into a [BLOCK_N, W] accumulator, the products of a word summed first and its
     block scale applied to that sum. x is read as int32 pairs of bf16 in 1-D (only x, the small
@@ -577,10 +580,11 @@ def word_linear(x: torch.Tensor, p: PackedLinear, config: dict[str, int] | None 
     """y [M, N] (bf16) = x [M, K] (bf16, contiguous rows) W^T on the GPU. BLOCK_M = 1 in the config
     (the default for M = 1) runs the one-token kernel (M must be 1); BLOCK_M >= 16 the tensor cores.
     `poison` fills the output with NaN first (tests: every element must be written).
-    One-token config switches beside the tiling (each the same arithmetic; benchmarks/gemv_variants.py times
-    them): PREFETCH (next tile's words loaded ahead), FOLD_SIGN (default on: e2m1/e4m3 without a multiply per
-    weight), X_BCAST (x loaded in the weights' layout, no shared-memory conversion; off until timed) and
-    PRMT_GATHER (2:4: kept x gathered by byte permutes; off until timed)."""
+    One-token config switches beside the tiling (benchmarks/gemv_variants.py times them): PREFETCH (next
+    tile's words loaded ahead), FOLD_SIGN (default on: e2m1/e4m3 without a multiply per weight), X_BCAST (x
+    loaded in the weights' layout, no shared-memory conversion; off until timed), PRMT_GATHER (2:4: kept x
+    gathered by byte permutes; off until timed), all computing the same bits, and INT4_FMA (dense int4: one
+    logic op and one FMA a weight, outputs within 1 bf16 ulp; off until timed, ignored for other formats)."""
     m, k = x.shape
     cfg = dict(config or default_config(m, p.n, k, p))
     words = k // word_columns(p)
